@@ -1,0 +1,6 @@
+"""jaxnet: how neural networks are trained, as pure JAX functions whose gradients are checked by hand."""
+
+from jaxnet import activations, backprop, layers, losses, optim, shapes
+
+__version__ = "0.1.0"
+__all__ = ["activations", "backprop", "layers", "losses", "optim", "shapes", "__version__"]

@@ -1,0 +1,242 @@
+"""Losses, risks and information measures, each with its derivative beside it (notes 000, 002, 004; slides 003).
+
+Conventions, the same as optax's:
+- Arguments are (prediction, target). The notes write l(y, p) with the label first; jaxnet
+  writes `binary_cross_entropy(p, y)` for the same number.
+- A loss returns one value per sample: shape (N,), summed over every non-batch axis. The risk
+  L_T = (1/N) sum_n l_n is `risk(loss, prediction, target)`, the mean over the batch.
+- `*_derivative(prediction, target)` is d l_n / d prediction_n with the prediction's shape: the
+  starting row vector g of back-propagation, equation (4).
+- Labels of multi-class losses are integer class indices of shape (N,) or one-hot (or any
+  probability) rows of shape (N, K): the notes' q.
+- `unit='nats'` (natural log, the default) or `unit='bits'` (log base 2, as in Appendix A).
+  Wherever q = 0, the term q log p is taken as 0 (the limit in Appendix A.2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxnet.activations import log_softmax, sigmoid, softmax
+
+
+def _log_base(unit: str) -> float:
+    if unit == "nats":
+        return 1.0
+    if unit == "bits":
+        return math.log(2.0)
+    raise ValueError(f"unit must be 'nats' or 'bits', got {unit!r}")
+
+
+def _sum_per_sample(values):
+    return jnp.sum(values.reshape(values.shape[0], -1), axis=1) if values.ndim > 1 else values
+
+
+def _xlogy(x, y):
+    """x log y with 0 log y = 0, whose gradient is finite (0) wherever x = 0 (jax.scipy's xlogy gives NaN there)."""
+    positive = x != 0
+    return jnp.where(positive, x * jnp.log(jnp.where(positive, y, 1)), 0)
+
+
+def as_distribution(labels, scores):
+    """Labels as the notes' q: integer classes (N,) become one-hot rows; (N, K) rows pass through."""
+    labels = jnp.asarray(labels)
+    if labels.shape == scores.shape:
+        return labels.astype(scores.dtype)
+    if labels.shape == scores.shape[:-1] and jnp.issubdtype(labels.dtype, jnp.integer):
+        return jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype)
+    raise ValueError(
+        f"labels of shape {labels.shape} and dtype {labels.dtype} do not fit predictions of shape {scores.shape}: "
+        f"expected integer classes of shape {scores.shape[:-1]} or one-hot rows of shape {scores.shape}"
+    )
+
+
+def _check_same_shape(name, prediction, target):
+    if jnp.shape(prediction) != jnp.shape(target):
+        raise ValueError(f"{name}: prediction shape {jnp.shape(prediction)} differs from target shape {jnp.shape(target)}")
+
+
+# ---------------------------------------------------------------------------------- regression
+
+
+def quadratic(prediction, target, scale: float = 0.5):
+    """scale ||y' - y||^2 per sample. scale=0.5 is the slides' and 004's (1/2) sum (t - z)^2; notes 000 use scale=1."""
+    _check_same_shape("quadratic", prediction, target)
+    return scale * _sum_per_sample((prediction - target) ** 2)
+
+
+def quadratic_derivative(prediction, target, scale: float = 0.5):
+    """d/dy' of scale ||y' - y||^2 = 2 scale (y' - y)."""
+    return 2 * scale * (prediction - target)
+
+
+# ---------------------------------------------------------------------------------- two-class
+
+
+def binary_cross_entropy(p, y, unit: str = "nats"):
+    """l(y, p) = -y log p - (1 - y) log(1 - p) (notes 000, Sec. 2.1), summed over outputs if p is (N, e).
+
+    On (N, e) sigmoid outputs this is the slides' multi-output binary cross-entropy.
+    """
+    _check_same_shape("binary_cross_entropy", p, y)
+    return _sum_per_sample(-(_xlogy(y, p) + _xlogy(1 - y, 1 - p))) / _log_base(unit)
+
+
+def binary_cross_entropy_derivative(p, y, unit: str = "nats"):
+    """dl/dp = -y / p + (1 - y) / (1 - p) = (p - y) / (p (1 - p)) (notes 004)."""
+    return (jnp.where(y != 1, (1 - y) / (1 - p), 0) - jnp.where(y != 0, y / p, 0)) / _log_base(unit)
+
+
+def binary_cross_entropy_from_logits(z, y, unit: str = "nats"):
+    """The same loss of p = sigma(z), computed as log(1 + e^z) - y z so it stays finite for |z| = 1e4 and beyond."""
+    _check_same_shape("binary_cross_entropy_from_logits", z, y)
+    return _sum_per_sample(jnp.logaddexp(0.0, z) - y * z) / _log_base(unit)
+
+
+def binary_cross_entropy_from_logits_derivative(z, y, unit: str = "nats"):
+    """dl/dz = sigma(z) - y: the sigmoid's derivative cancels (notes 004, slides 003)."""
+    return (sigmoid(z) - y) / _log_base(unit)
+
+
+def multi_output_binary_cross_entropy(a, y, unit: str = "nats"):
+    """Slides 003: C_n = -sum_j [y_j ln a_j + (1 - y_j) ln(1 - a_j)] for (N, e) independent sigmoid outputs a."""
+    if jnp.ndim(a) != 2:
+        raise ValueError(f"multi_output_binary_cross_entropy expects (N, e) outputs, got shape {jnp.shape(a)}")
+    return binary_cross_entropy(a, y, unit)
+
+
+# ---------------------------------------------------------------------------------- multi-class
+
+
+def cross_entropy(probs, labels, unit: str = "nats"):
+    """l(y, p) = -log p_y = -sum_k q_k log p_k (notes 000, Sec. 2.2) on soft-max outputs p."""
+    q = as_distribution(labels, probs)
+    return -jnp.sum(_xlogy(q, probs), axis=-1) / _log_base(unit)
+
+
+def cross_entropy_derivative(probs, labels, unit: str = "nats"):
+    """dl/dp_k = -q_k / p_k (0 where q_k = 0)."""
+    q = as_distribution(labels, probs)
+    return -jnp.where(q != 0, q / jnp.where(q != 0, probs, 1), 0) / _log_base(unit)
+
+
+def cross_entropy_from_logits(logits, labels, unit: str = "nats"):
+    """-log Prob(y) with Prob = softmax(logits), via log-soft-max: finite for logits of +-1e4."""
+    q = as_distribution(labels, logits)
+    return -jnp.sum(q * log_softmax(logits), axis=-1) / _log_base(unit)
+
+
+def cross_entropy_from_logits_derivative(logits, labels, unit: str = "nats"):
+    """dl/dz_i = Prob(i) - q_i = p - q (notes 004: d log Prob(k)/dz_i = delta_ik - Prob(i)) when q sums to 1."""
+    q = as_distribution(labels, logits)
+    return (softmax(logits) * jnp.sum(q, axis=-1, keepdims=True) - q) / _log_base(unit)
+
+
+# ---------------------------------------------------------------------------------- zero-one and top-k
+
+
+def zero_one_loss(scores, labels):
+    """1 where argmax(scores) != y, else 0 (ties: the first maximal class is the prediction)."""
+    labels = jnp.asarray(labels)
+    if labels.shape == scores.shape:
+        labels = jnp.argmax(labels, axis=-1)
+    if labels.shape != scores.shape[:-1]:
+        raise ValueError(f"labels of shape {labels.shape} do not fit scores of shape {scores.shape}")
+    return (jnp.argmax(scores, axis=-1) != labels).astype(scores.dtype)
+
+
+def error_rate(scores, labels):
+    """The zero-one risk: the fraction of samples misclassified."""
+    return jnp.mean(zero_one_loss(scores, labels))
+
+
+def top_k_error(scores, labels, k: int = 5):
+    """Fraction of samples whose label is not among the k highest scores (ImageNet's top-5 error, notes 002).
+
+    Ties count in the label's favour: it is in the top k when fewer than k classes score strictly higher.
+    """
+    if not 1 <= k <= scores.shape[-1]:
+        raise ValueError(f"top_k_error needs 1 <= k <= number of classes ({scores.shape[-1]}), got k={k}")
+    labels = jnp.asarray(labels)
+    if labels.shape == scores.shape:
+        labels = jnp.argmax(labels, axis=-1)
+    label_score = jnp.take_along_axis(scores, labels[..., None], axis=-1)
+    return jnp.mean((jnp.sum(scores > label_score, axis=-1) >= k).astype(scores.dtype))
+
+
+# ---------------------------------------------------------------------------------- weight decay
+
+
+def l2_penalty(params, lam: float, mask=None):
+    """(lambda / 2) sum_j w_j^2 over the parameters (notes 004); mask: a pytree of bools choosing leaves (e.g. no biases)."""
+    leaves = jax.tree_util.tree_leaves(params)
+    if mask is not None:
+        flags = jax.tree_util.tree_leaves(mask)
+        if len(flags) != len(leaves):
+            raise ValueError(f"l2_penalty mask has {len(flags)} leaves but params have {len(leaves)}")
+        leaves = [leaf for leaf, keep in zip(leaves, flags) if keep]
+    return 0.5 * lam * sum(jnp.sum(leaf**2) for leaf in leaves)
+
+
+def l2_penalty_derivative(params, lam: float, mask=None):
+    """d/dw of (lambda / 2) sum w^2 = lambda w (0 for leaves the mask leaves out)."""
+    if mask is None:
+        return jax.tree_util.tree_map(lambda w: lam * w, params)
+    return jax.tree_util.tree_map(lambda w, keep: lam * w if keep else jnp.zeros_like(w), params, mask)
+
+
+# ---------------------------------------------------------------------------------- information
+
+
+def entropy(q, unit: str = "bits", axis: int = -1):
+    """H(q) = -sum_i q_i log q_i over `axis` (Appendix A.2-A.3), with 0 log 0 = 0."""
+    return -jnp.sum(_xlogy(q, q), axis=axis) / _log_base(unit)
+
+
+def binary_entropy(q, unit: str = "bits"):
+    """H(q) = -q log q - (1 - q) log(1 - q) of a Bernoulli(q) source: 1 bit at q = 1/2, 0 at q = 0 and 1."""
+    return -(_xlogy(q, q) + _xlogy(1 - q, 1 - q)) / _log_base(unit)
+
+
+def cross_entropy_between(p, q, unit: str = "bits", axis: int = -1):
+    """H(q, p) = -sum_i q_i log p_i of estimate p against truth q (Appendix A.3); >= H(q)."""
+    return -jnp.sum(_xlogy(q, p), axis=axis) / _log_base(unit)
+
+
+def kl_divergence(p, q, unit: str = "bits", axis: int = -1):
+    """D(q || p) = H(q, p) - H(q) = sum_i q_i log(q_i / p_i): the extra cost of coding q with p."""
+    return cross_entropy_between(p, q, unit, axis) - entropy(q, unit, axis)
+
+
+# ---------------------------------------------------------------------------------- bundles
+
+
+class Loss(NamedTuple):
+    """A per-sample loss l(prediction, target) -> (N,) and its derivative d l_n / d prediction_n."""
+
+    name: str
+    value: Callable
+    derivative: Callable
+
+
+def risk(loss, prediction, target):
+    """L_T = (1/N) sum_n l_n: the mean of a per-sample loss (a function or a `Loss`) over the batch."""
+    value = loss.value if isinstance(loss, Loss) else loss
+    return jnp.mean(value(prediction, target))
+
+
+QUADRATIC = Loss("quadratic", quadratic, quadratic_derivative)
+BINARY_CROSS_ENTROPY = Loss("binary_cross_entropy", binary_cross_entropy, binary_cross_entropy_derivative)
+BINARY_CROSS_ENTROPY_FROM_LOGITS = Loss(
+    "binary_cross_entropy_from_logits", binary_cross_entropy_from_logits, binary_cross_entropy_from_logits_derivative
+)
+CROSS_ENTROPY = Loss("cross_entropy", cross_entropy, cross_entropy_derivative)
+CROSS_ENTROPY_FROM_LOGITS = Loss("cross_entropy_from_logits", cross_entropy_from_logits, cross_entropy_from_logits_derivative)
+
+LOSSES = {loss.name: loss for loss in (QUADRATIC, BINARY_CROSS_ENTROPY, BINARY_CROSS_ENTROPY_FROM_LOGITS, CROSS_ENTROPY, CROSS_ENTROPY_FROM_LOGITS)}
+"""Every differentiable loss by name, for back-propagation and configs."""

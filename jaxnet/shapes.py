@@ -1,0 +1,141 @@
+"""CNN arithmetic: padding, output sizes, receptive fields and parameter counts (notes 002, Sec. 3).
+
+Everything here is plain Python on integers, so it can be used to design a network before any
+array exists. The layers in `jaxnet.layers` call `padding_pairs` so that their shapes agree
+with these formulas by construction; the tests check both against real forward passes.
+
+Padding styles, for a window of size k slid with stride s over n inputs:
+
+- 'valid': no padding; only windows that fit entirely inside the input.
+- 'same':  the least padding giving ceil(n / s) outputs, split as XLA and TensorFlow do
+           (the extra element, if any, goes after the input).
+- 'full':  k - 1 on each side, so every window that overlaps the input at all is computed
+           (for s = 1 the output has n + k - 1 entries).
+- explicit: a pair (lo, hi) per spatial dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Union
+
+import numpy as np
+
+PaddingLike = Union[str, Sequence[tuple[int, int]]]
+PADDING_STYLES = ("same", "valid", "full")
+
+
+def _check_positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def padding_pair(n: int, k: int, s: int, padding: str | tuple[int, int]) -> tuple[int, int]:
+    """Padding (before, after) of one dimension of size n for window k, stride s."""
+    n, k, s = (_check_positive(name, v) for name, v in (("input size", n), ("window", k), ("stride", s)))
+    if isinstance(padding, str):
+        style = padding.lower()
+        if style == "valid":
+            return (0, 0)
+        if style == "full":
+            return (k - 1, k - 1)
+        if style == "same":
+            total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+            return (total // 2, total - total // 2)
+        raise ValueError(f"padding must be one of {PADDING_STYLES} or explicit (lo, hi) pairs, got {padding!r}")
+    try:
+        lo, hi = padding
+    except (TypeError, ValueError):
+        raise ValueError(f"explicit padding must be a pair (lo, hi) of integers, got {padding!r}") from None
+    if min(lo, hi) < 0:
+        raise ValueError(f"explicit padding must be non-negative, got {(lo, hi)}")
+    return (int(lo), int(hi))
+
+
+def padding_pairs(
+    spatial_shape: Sequence[int], window: Sequence[int], strides: Sequence[int], padding: PaddingLike
+) -> tuple[tuple[int, int], ...]:
+    """Padding (before, after) for every spatial dimension."""
+    if len(window) != len(spatial_shape) or len(strides) != len(spatial_shape):
+        raise ValueError(
+            f"window {tuple(window)} and strides {tuple(strides)} must have one entry per spatial "
+            f"dimension of {tuple(spatial_shape)}"
+        )
+    if isinstance(padding, str):
+        per_dim = [padding] * len(spatial_shape)
+    else:
+        per_dim = list(padding)
+        if len(per_dim) != len(spatial_shape):
+            raise ValueError(
+                f"explicit padding needs one (lo, hi) pair per spatial dimension ({len(spatial_shape)}), "
+                f"got {padding!r}"
+            )
+    return tuple(padding_pair(n, k, s, p) for n, k, s, p in zip(spatial_shape, window, strides, per_dim))
+
+
+def output_size(n: int, k: int, s: int = 1, padding: str | tuple[int, int] = "valid") -> int:
+    """Number of outputs of a window k with stride s over n inputs: floor((n + lo + hi - k) / s) + 1."""
+    lo, hi = padding_pair(n, k, s, padding)
+    span = n + lo + hi - k
+    if span < 0:
+        raise ValueError(
+            f"window {k} does not fit in input of size {n} with padding {(lo, hi)}: "
+            f"use a smaller window or more padding"
+        )
+    return span // s + 1
+
+
+def conv_output_shape(
+    input_shape: Sequence[int],
+    window: Sequence[int],
+    out_channels: int | None = None,
+    strides: Sequence[int] | None = None,
+    padding: PaddingLike = "valid",
+) -> tuple[int, ...]:
+    """Output shape (H', W', C') of a convolution or pooling on an (H, W, C) or (N, H, W, C) input.
+
+    For pooling pass out_channels=None: the channel count is kept.
+    """
+    input_shape = tuple(input_shape)
+    if len(input_shape) not in (3, 4):
+        raise ValueError(f"input_shape must be (H, W, C) or (N, H, W, C), got {input_shape}")
+    batch, (h, w, c) = input_shape[:-3], input_shape[-3:]
+    strides = tuple(strides) if strides is not None else (1,) * len(window)
+    pads = padding_pairs((h, w), window, strides, padding)
+    spatial = tuple(output_size(n, k, s, p) for n, k, s, p in zip((h, w), window, strides, pads))
+    return batch + spatial + (c if out_channels is None else out_channels,)
+
+
+def receptive_field(stack: Iterable[tuple[int, int]]) -> int:
+    """One-dimensional receptive field of a stack of (window, stride) layers, input first.
+
+    Generalises the notes' r = (k2 - 1) s + k1 (002, Sec. 3) to any depth:
+    r = 1 + sum_l (k_l - 1) * prod_{m < l} s_m, since layer l's window spans (k_l - 1) steps of
+    its input, and one step there is prod_{m < l} s_m input pixels.
+    """
+    r, jump = 1, 1
+    for i, (k, s) in enumerate(stack):
+        _check_positive(f"window of layer {i}", k)
+        _check_positive(f"stride of layer {i}", s)
+        r += (k - 1) * jump
+        jump *= s
+    return r
+
+
+def conv_param_count(window: Sequence[int], in_channels: int, out_channels: int, bias: bool = True) -> int:
+    """Parameters of a convolution: m (C k1 k2 + 1) with m = out_channels (notes 002: 34,944 for AlexNet's first layer)."""
+    return out_channels * (in_channels * math.prod(window) + int(bias))
+
+
+def dense_param_count(in_features: int, out_features: int, bias: bool = True) -> int:
+    """Parameters of a fully connected layer: e (d + 1)."""
+    return out_features * (in_features + int(bias))
+
+
+def param_count(params) -> int:
+    """Number of scalars in a parameter pytree."""
+    import jax
+
+    return sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params))
