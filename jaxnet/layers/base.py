@@ -39,6 +39,17 @@ class Layer(NamedTuple):
     vjp: Callable | None
     spec: Mapping[str, Any]
 
+    # Layers are closures, so two are the same layer only if they are the same object; hashing by
+    # identity also lets a network be a static argument of jax.jit.
+    def __eq__(self, other):
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
+
+    def __hash__(self):
+        return id(self)
+
 
 def default_float():
     """float64 when jax_enable_x64 is on, float32 otherwise: the dtype of freshly initialised parameters."""
