@@ -23,9 +23,8 @@ def sigmoid(a):
 
 
 def sigmoid_derivative(a):
-    """sigma'(a) = sigma(a) (1 - sigma(a)) (slides 003)."""
-    s = jax.nn.sigmoid(a)
-    return s * (1 - s)
+    """sigma'(a) = sigma(a) (1 - sigma(a)) (slides 003), as sigma(a) sigma(-a): 1 - sigma(a) rounds to 0 for a > 37."""
+    return jax.nn.sigmoid(a) * jax.nn.sigmoid(-a)
 
 
 def tanh(a):
@@ -34,8 +33,8 @@ def tanh(a):
 
 
 def tanh_derivative(a):
-    """tanh'(a) = 1 - tanh(a)^2."""
-    return 1 - jnp.tanh(a) ** 2
+    """tanh'(a) = 1 - tanh(a)^2, as 1 / cosh(a)^2: the difference rounds to 0 for |a| > 19."""
+    return 1 / jnp.cosh(a) ** 2
 
 
 @jax.custom_jvp
@@ -63,7 +62,7 @@ def swish(a, beta: float = 1.0):
 def swish_derivative(a, beta: float = 1.0):
     """swish'(a) = sigma(beta a) + beta a sigma(beta a) (1 - sigma(beta a))."""
     s = jax.nn.sigmoid(beta * a)
-    return s + beta * a * s * (1 - s)
+    return s + beta * a * s * jax.nn.sigmoid(-beta * a)
 
 
 def identity(a):

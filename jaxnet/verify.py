@@ -80,7 +80,7 @@ def _flat(f, x):
 def jacobian_matrix(jac, out_size: int):
     """A Jacobian in jax.jacrev's layout (out_shape + in_shape, or a pytree of such leaves) as an (out, in) matrix."""
     leaves = jax.tree_util.tree_leaves(jac)
-    return jnp.concatenate([jnp.reshape(leaf, (out_size, -1)) for leaf in leaves], axis=1)
+    return np.concatenate([np.reshape(np.asarray(leaf), (out_size, -1)) for leaf in leaves], axis=1)
 
 
 def finite_difference_jacobian(f: Callable, x, step: float = 0.1, levels: int = 14):
@@ -124,8 +124,7 @@ def check_jacobian(f: Callable, jacobian, x, *, name: str = "jacobian", toleranc
     _require_x64()
     hand = jacobian(x) if callable(jacobian) else jacobian
     f_flat, x_flat = _flat(f, x)
-    out_size = f_flat(x_flat).size
-    hand = jacobian_matrix(hand, out_size)
+    hand = jacobian_matrix(hand, jax.eval_shape(f_flat, x_flat).size)
     autodiff = max(
         relative_error(hand, jax.jit(jax.jacrev(f_flat))(x_flat)), relative_error(hand, jax.jit(jax.jacfwd(f_flat))(x_flat))
     )
@@ -138,10 +137,11 @@ def check_gradient(f: Callable, gradient, x, *, name: str = "gradient", toleranc
     """Compare `gradient` (a pytree like x, or a function of x) of the scalar f with jax.grad and finite differences."""
     _require_x64()
     hand = gradient(x) if callable(gradient) else gradient
-    if jnp.shape(f(x)) != ():
-        raise ValueError(f"check_gradient needs a scalar function; f returns shape {jnp.shape(f(x))}: use check_jacobian")
-    hand_flat = ravel_pytree(hand)[0]
-    autodiff = relative_error(hand_flat, ravel_pytree(jax.jit(jax.grad(f))(x))[0])
+    out = jax.eval_shape(f, x)
+    if out.shape != ():
+        raise ValueError(f"check_gradient needs a scalar function; f returns shape {out.shape}: use check_jacobian")
+    hand_flat = np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(hand)])
+    autodiff = relative_error(hand_flat, jax.jit(lambda x_: ravel_pytree(jax.grad(f)(x_))[0])(x))
     fd = relative_error(hand_flat, finite_difference_jacobian(f, x)[0])
     return CheckResult(name, f"{_shape_str(x)} -> ()", autodiff, fd, tolerance)
 
