@@ -116,13 +116,18 @@ def adam(learning_rate: ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.
 
 
 def _masked_decay(lam, params, mask, scale):
+    # scale * (lam * w), not (scale * lam) * w: optax schedules return float32 scalars, and their
+    # product would be rounded to float32 before meeting float64 weights.
     if mask is None:
-        return jax.tree_util.tree_map(lambda w: scale * lam * w, params)
-    return jax.tree_util.tree_map(lambda w, keep: scale * lam * w if keep else jnp.zeros_like(w), params, mask)
+        return jax.tree_util.tree_map(lambda w: scale * (lam * w), params)
+    return jax.tree_util.tree_map(lambda w, keep: scale * (lam * w) if keep else jnp.zeros_like(w), params, mask)
 
 
 def l2_regularization(lam: float, mask=None) -> optax.GradientTransformation:
-    """grad <- grad + lambda w: the gradient of (lambda/2) sum w^2 added to the loss. Put it before the optimizer."""
+    """grad <- grad + lambda w: the gradient of (lambda/2) sum w^2 added to the loss. Put it before the optimizer.
+
+    mask: a pytree of bools like params choosing the decayed leaves (e.g. False for biases).
+    """
 
     def update(grads, state, params=None):
         _need_params("l2_regularization", params)
@@ -132,20 +137,23 @@ def l2_regularization(lam: float, mask=None) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def decoupled_weight_decay(lam: float, learning_rate: ScalarOrSchedule) -> optax.GradientTransformation:
-    """update <- update - alpha_t lambda w, outside the optimizer's rescaling (Loshchilov and Hutter). Put it after."""
+def decoupled_weight_decay(lam: float, learning_rate: ScalarOrSchedule, mask=None) -> optax.GradientTransformation:
+    """update <- update - alpha_t lambda w, outside the optimizer's rescaling (Loshchilov and Hutter). Put it after.
+
+    mask: a pytree of bools like params choosing the decayed leaves (e.g. False for biases).
+    """
 
     def init(params):
         return CountState(jnp.zeros([], jnp.int32))
 
     def update(updates, state, params=None):
         _need_params("decoupled_weight_decay", params)
-        decay = _masked_decay(lam, params, None, -_at(learning_rate, state.count))
+        decay = _masked_decay(lam, params, mask, -_at(learning_rate, state.count))
         return jax.tree_util.tree_map(jnp.add, updates, decay), CountState(state.count + 1)
 
     return optax.GradientTransformation(init, update)
 
 
-def adamw(learning_rate: ScalarOrSchedule = 1e-3, weight_decay: float = 1e-4, **adam_kwargs) -> optax.GradientTransformation:
+def adamw(learning_rate: ScalarOrSchedule = 1e-3, weight_decay: float = 1e-4, mask=None, **adam_kwargs) -> optax.GradientTransformation:
     """Adam with decoupled weight decay."""
-    return optax.chain(adam(learning_rate, **adam_kwargs), decoupled_weight_decay(weight_decay, learning_rate))
+    return optax.chain(adam(learning_rate, **adam_kwargs), decoupled_weight_decay(weight_decay, learning_rate, mask))

@@ -136,6 +136,7 @@ def check_jacobian(f: Callable, jacobian, x, *, name: str = "jacobian", toleranc
 def check_gradient(f: Callable, gradient, x, *, name: str = "gradient", tolerance: float = DEFAULT_TOLERANCE) -> CheckResult:
     """Compare `gradient` (a pytree like x, or a function of x) of the scalar f with jax.grad and finite differences."""
     _require_x64()
+    _flat(f, x)  # validates the dtype before JAX's own, less specific, error
     hand = gradient(x) if callable(gradient) else gradient
     out = jax.eval_shape(f, x)
     if out.shape != ():
