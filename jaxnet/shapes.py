@@ -139,3 +139,21 @@ def param_count(params) -> int:
     import jax
 
     return sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def network_receptive_field(network) -> tuple[int, int]:
+    """(height, width) receptive field of one output of a jaxnet network, from its conv and pooling layers.
+
+    Point activations, flatten-free prefixes and dropout leave it unchanged; a Dense or Flatten
+    layer sees everything, so the walk stops there.
+    """
+    layers = network.spec["layers"] if network.name == "serial" else (network,)
+    stack_h, stack_w = [], []
+    for layer in layers:
+        if layer.name in ("dense", "flatten"):
+            break
+        if "window" in layer.spec:
+            (kh, kw), (sh, sw) = layer.spec["window"], layer.spec["strides"]
+            stack_h.append((kh, sh))
+            stack_w.append((kw, sw))
+    return receptive_field(stack_h), receptive_field(stack_w)

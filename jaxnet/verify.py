@@ -28,7 +28,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 DEFAULT_TOLERANCE = 1e-7
 
@@ -70,11 +69,21 @@ def _require_x64():
 
 
 def _flat(f, x):
-    """f as a map between flat float64 vectors, and the flat point."""
-    x_flat, unravel_x = ravel_pytree(x)
+    """f as a map between flat vectors, and the flat point (flattened with numpy: no per-shape kernels)."""
+    leaves, treedef = jax.tree_util.tree_flatten(x)
+    x_flat = jnp.asarray(np.concatenate([np.ravel(np.asarray(leaf)) for leaf in leaves]))
     if not jnp.issubdtype(x_flat.dtype, jnp.floating):
         raise TypeError(f"derivatives are taken with respect to floating-point inputs, got dtype {x_flat.dtype}")
-    return (lambda v: ravel_pytree(f(unravel_x(v)))[0]), x_flat
+    shapes = [np.shape(leaf) for leaf in leaves]
+    splits = np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1]
+
+    def unravel(v):
+        return jax.tree_util.tree_unflatten(treedef, [p.reshape(s) for p, s in zip(jnp.split(v, splits), shapes)])
+
+    def f_flat(v):
+        return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(f(unravel(v)))])
+
+    return f_flat, x_flat
 
 
 def jacobian_matrix(jac, out_size: int):
@@ -136,13 +145,14 @@ def check_jacobian(f: Callable, jacobian, x, *, name: str = "jacobian", toleranc
 def check_gradient(f: Callable, gradient, x, *, name: str = "gradient", tolerance: float = DEFAULT_TOLERANCE) -> CheckResult:
     """Compare `gradient` (a pytree like x, or a function of x) of the scalar f with jax.grad and finite differences."""
     _require_x64()
-    _flat(f, x)  # validates the dtype before JAX's own, less specific, error
+    _flat(f, x)  # validates the dtype before jax.grad's less specific error
     hand = gradient(x) if callable(gradient) else gradient
     out = jax.eval_shape(f, x)
     if out.shape != ():
         raise ValueError(f"check_gradient needs a scalar function; f returns shape {out.shape}: use check_jacobian")
     hand_flat = np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(hand)])
-    autodiff = relative_error(hand_flat, jax.jit(lambda x_: ravel_pytree(jax.grad(f)(x_))[0])(x))
+    f_flat, x_flat = _flat(f, x)
+    autodiff = relative_error(hand_flat, jax.jit(jax.grad(lambda v: f_flat(v)[0]))(x_flat))
     fd = relative_error(hand_flat, finite_difference_jacobian(f, x)[0])
     return CheckResult(name, f"{_shape_str(x)} -> ()", autodiff, fd, tolerance)
 
@@ -157,7 +167,15 @@ def _shape_str(tree) -> str:
 # ------------------------------------------------------------------------------------------ the suite
 
 
-def _layer_checks(key):
+def _normal(rng, shape):
+    return jnp.asarray(rng.standard_normal(shape))
+
+
+def _split(key):
+    return jax.random.split(key, 3)
+
+
+def _layer_checks(rng, key):
     """Every layer's hand-written Jacobians, w.r.t. its input and its parameters, for one sample of a batch."""
     from jaxnet import layers as L
 
@@ -182,10 +200,10 @@ def _layer_checks(key):
     ]
     results = []
     for name, layer, in_shape in cases:
-        key, k_init, k_x, k_drop = jax.random.split(key, 4)
+        key, k_init, k_drop = _split(key)
         _, params = layer.init(k_init, in_shape)
-        params = jax.tree_util.tree_map(lambda p: p + 0.1 * jax.random.normal(k_init, p.shape), params)
-        x = jax.random.normal(k_x, (3,) + in_shape)
+        params = jax.tree_util.tree_map(lambda p: p + 0.1 * _normal(rng, p.shape), params)
+        x = _normal(rng, (3,) + in_shape)
         drop_key = k_drop if "training" in name else None
         n = 1
         J_w, J_x = jax.jit(layer.jacobians, static_argnums=2)(params, x, n, key=drop_key)
@@ -203,16 +221,15 @@ def _layer_checks(key):
     return results
 
 
-def _notes_layer_checks(key):
+def _notes_layer_checks(rng, key):
     """The notes' combined layers: dense + point activation, and ReLU + max-pooling over windows P(i)."""
     from jaxnet import activations as A
     from jaxnet import layers as L
 
     results = []
-    k1, k2, k3 = jax.random.split(key, 3)
-    _, params = L.Dense(6).init(k1, (4,))
-    params = {"W": params["W"], "b": 0.3 * jax.random.normal(k2, (6,))}
-    x = jax.random.normal(k3, (4,))
+    _, params = L.Dense(6).init(key, (4,))
+    params = {"W": params["W"], "b": 0.3 * _normal(rng, (6,))}
+    x = _normal(rng, (4,))
     for fname in ("sigmoid", "tanh", "relu", "swish"):
         f, f_prime = A.POINT_ACTIVATIONS[fname]
         J_w, J_x = jax.jit(L.dense_activation_jacobians, static_argnums=2)(params, x, f_prime)
@@ -225,20 +242,19 @@ def _notes_layer_checks(key):
     return results
 
 
-def _loss_checks(key):
+def _loss_checks(rng):
     from jaxnet import activations as A
     from jaxnet import losses
 
-    k1, k2, k3 = jax.random.split(key, 3)
-    z = 2 * jax.random.normal(k1, (4, 5))
-    labels = jax.random.randint(k2, (4,), 0, 5)
+    z = 2 * _normal(rng, (4, 5))
+    labels = jnp.asarray(rng.integers(0, 5, (4,)))
     p = A.softmax(z)
-    s = jax.random.uniform(k3, (4, 3), minval=0.05, maxval=0.95)
-    y = (jax.random.uniform(k3, (4, 3)) > 0.5).astype(jnp.float64)
+    s = jnp.asarray(rng.uniform(0.05, 0.95, (4, 3)))
+    y = jnp.asarray(rng.uniform(size=(4, 3)) > 0.5, jnp.float64)
     huge = jnp.array([[1e4, 0.0, -1e4, 5.0, 1e4 - 1.0]] * 2)
     huge_labels = jnp.array([1, 2])
     cases = [
-        ("quadratic (1/2)||y' - y||^2", losses.QUADRATIC, s, jax.random.normal(k2, (4, 3))),
+        ("quadratic (1/2)||y' - y||^2", losses.QUADRATIC, s, _normal(rng, (4, 3))),
         ("binary cross-entropy on p", losses.BINARY_CROSS_ENTROPY, s, y),
         ("binary cross-entropy on logits", losses.BINARY_CROSS_ENTROPY_FROM_LOGITS, 3 * z[:, :3], y),
         ("binary cross-entropy, logits +-1e4", losses.BINARY_CROSS_ENTROPY_FROM_LOGITS, huge[:, :3], jnp.array([[0.0, 1.0, 1.0]] * 2)),
@@ -252,12 +268,12 @@ def _loss_checks(key):
         results.append(
             check_gradient(lambda q, loss=loss, target=target: jnp.sum(loss.value(q, target)), jax.jit(loss.derivative)(pred, target), pred, name=f"loss: {name}")
         )
-    params = {"W": jax.random.normal(k1, (3, 4)), "b": jax.random.normal(k2, (3,))}
+    params = {"W": _normal(rng, (3, 4)), "b": _normal(rng, (3,))}
     results.append(check_gradient(lambda w: losses.l2_penalty(w, 0.3), losses.l2_penalty_derivative(params, 0.3), params, name="weight decay (lambda/2) sum w^2"))
     return results
 
 
-def _backprop_checks(key):
+def _backprop_checks(rng, key):
     from jaxnet import backprop, losses
     from jaxnet import layers as L
 
@@ -268,14 +284,14 @@ def _backprop_checks(key):
     ]
     results = []
     for name, net, in_shape, loss in networks:
-        key, k_init, k_x, k_y, k_drop = jax.random.split(key, 5)
+        key, k_init, k_drop = _split(key)
         out_shape, params = net.init(k_init, in_shape)
-        params = jax.tree_util.tree_map(lambda p: p + 0.1 * jax.random.normal(k_init, p.shape), params)
-        x = jax.random.normal(k_x, (5,) + in_shape)
+        params = jax.tree_util.tree_map(lambda p: p + 0.1 * _normal(rng, p.shape), params)
+        x = _normal(rng, (5,) + in_shape)
         if loss is losses.QUADRATIC:
-            y = jax.random.uniform(k_y, (5,) + out_shape)
+            y = jnp.asarray(rng.uniform(size=(5,) + out_shape))
         else:
-            y = jax.random.randint(k_y, (5,), 0, out_shape[0])
+            y = jnp.asarray(rng.integers(0, out_shape[0], (5,)))
         drop_key = k_drop if "dropout" in name else None
 
         def risk(p, net=net, x=x, y=y, loss=loss, drop_key=drop_key):
@@ -290,8 +306,9 @@ def _backprop_checks(key):
 def run_all(seed: int = 0) -> list[CheckResult]:
     """Every check of jaxnet's hand-written derivatives, on random inputs drawn from `seed`."""
     _require_x64()
-    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
-    return _layer_checks(keys[0]) + _notes_layer_checks(keys[1]) + _loss_checks(keys[2]) + _backprop_checks(keys[3])
+    # Inputs come from numpy: drawing them with jax.random would compile a kernel per shape.
+    rng, key = np.random.default_rng(seed), jax.random.PRNGKey(seed)
+    return _layer_checks(rng, key) + _notes_layer_checks(rng, key) + _loss_checks(rng) + _backprop_checks(rng, key)
 
 
 def format_table(results: list[CheckResult]) -> str:

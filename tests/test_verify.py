@@ -100,3 +100,10 @@ def test_the_command_prints_a_table_and_json_and_exits_1_on_failure(suite_result
     assert "FAIL" in capsys.readouterr().out
     assert verify.main(["--json"]) == 1
     assert json.loads(capsys.readouterr().out)["checks"][-1]["passed"] is False
+
+
+def test_jaxnet_verify_is_an_installed_command():
+    from importlib.metadata import entry_points
+
+    (entry,) = [e for e in entry_points(group="console_scripts") if e.name == "jaxnet-verify"]
+    assert entry.value == "jaxnet.verify:main" and entry.load() is verify.main
