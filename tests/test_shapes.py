@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxnet import layers as L
 from jaxnet import shapes
 from jaxnet.layers import AvgPool, Conv2D, Dense, MaxPool, serial
 
@@ -384,3 +385,16 @@ def test_window_larger_than_input_is_fine_with_same_or_full_padding():
     assert shapes.output_size(3, 5, 1, "full") == 7
     out_shape, _ = Conv2D(2, 5, 1, "same", W_init=jax.nn.initializers.ones).init(jax.random.PRNGKey(0), (3, 3, 1))
     assert out_shape == (3, 3, 2)
+
+
+def test_network_receptive_field_matches_the_gradient_footprint(key):
+    # Average- rather than max-pooling: a max routes the gradient to one winner, hiding the rest of the field.
+    net = L.serial(L.Conv2D(1, 5, 2), L.Sigmoid, L.Conv2D(1, (5, 3)), L.AvgPool(2, 1), L.Flatten, L.Dense(2))
+    assert shapes.network_receptive_field(net) == ((5 - 1) * 2 + 5 + 1 * 2, 5 + 2 * 2 + 1 * 2)  # (15, 11)
+    _, params = net.init(key, (31, 31, 1))
+    # All-positive kernels, so no input's influence cancels; a sigmoid keeps every path alive.
+    params = jax.tree_util.tree_map(lambda p: jnp.abs(p) + 0.1, params)
+    conv_part = L.serial(*net.spec["layers"][:4])
+    grad = jax.grad(lambda x: conv_part.apply(params[:4], x)[0, 3, 3, 0])(jnp.ones((1, 31, 31, 1)))[0, :, :, 0]
+    rows, cols = np.nonzero(np.asarray(grad))
+    assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == shapes.network_receptive_field(net)
