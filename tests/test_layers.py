@@ -303,3 +303,22 @@ def test_bad_inputs_raise_errors_naming_the_shapes(key):
         net.apply((params,), jnp.ones((1, 4)))
     with pytest.raises(TypeError, match="expected a jaxnet Layer"):
         L.serial(L.Dense(2), "relu")
+
+
+@pytest.mark.parametrize(
+    "W_init, expected_std",
+    [
+        (jax.nn.initializers.normal(0.01), lambda d, e: 0.01),
+        (jax.nn.initializers.he_normal(), lambda d, e: np.sqrt(2 / d)),
+        (jax.nn.initializers.glorot_normal(), lambda d, e: np.sqrt(2 / (d + e))),
+    ],
+)
+def test_initializers_see_the_right_fan_in(W_init, expected_std, key):
+    d, e = 3000, 40  # very different fan-in and fan-out, so a swapped layout would be off by sqrt(d / e)
+    _, params = L.Dense(e, W_init=W_init).init(key, (d,))
+    assert params["W"].shape == (e, d)
+    assert abs(float(jnp.std(params["W"])) / expected_std(d, e) - 1) < 0.03
+    # HWIO kernels: fan-in k1 k2 C, fan-out k1 k2 C'.
+    _, conv_params = L.Conv2D(e, 3, W_init=W_init).init(key, (8, 8, d // 9))
+    expected = expected_std(9 * (d // 9), 9 * e)
+    assert abs(float(jnp.std(conv_params["W"])) / expected - 1) < 0.03

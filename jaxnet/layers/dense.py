@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from jaxnet.layers.base import Layer, default_float
 
-glorot_normal = jax.nn.initializers.glorot_normal(in_axis=-1, out_axis=-2)
+glorot_normal = jax.nn.initializers.glorot_normal()
 
 
 def dense_apply(params, x):
@@ -65,7 +65,12 @@ def augment(x):
 
 
 def Dense(out_features: int, W_init=glorot_normal, b_init=jax.nn.initializers.zeros) -> Layer:
-    """Fully connected layer with `out_features` outputs; W_init(key, (e, d), dtype) as in jax.nn.initializers."""
+    """Fully connected layer with `out_features` outputs.
+
+    W_init is any jax.nn.initializers function. It is called with shape (d, e), the fan-in-first
+    layout those initialisers assume, and its result is transposed to the notes' (e, d), so
+    he_normal() and glorot_normal() see the right fan-in without extra arguments.
+    """
     if not isinstance(out_features, int) or isinstance(out_features, bool) or out_features < 1:
         raise ValueError(f"Dense out_features must be a positive int, got {out_features!r}")
 
@@ -75,7 +80,8 @@ def Dense(out_features: int, W_init=glorot_normal, b_init=jax.nn.initializers.ze
         k_w, k_b = jax.random.split(key)
         d = input_shape[0]
         dtype = default_float()
-        return (out_features,), {"W": W_init(k_w, (out_features, d), dtype), "b": b_init(k_b, (out_features,), dtype)}
+        W = W_init(k_w, (d, out_features), dtype).T
+        return (out_features,), {"W": W, "b": b_init(k_b, (out_features,), dtype)}
 
     def apply(params, x, *, key=None):
         return dense_apply(params, x)
