@@ -9,10 +9,12 @@ README = (ROOT / "README.md").read_text()
 
 def test_readme_python_examples_run_in_order():
     namespace = {}
-    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    blocks = list(re.finditer(r"```python\n(.*?)```", README, re.S))
     assert len(blocks) >= 6
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+        # Pad with blank lines so a failure's traceback names the README's own line.
+        first_line = README[: block.start(1)].count("\n")
+        exec(compile("\n" * first_line + block.group(1), str(ROOT / "README.md"), "exec"), namespace)
 
 
 def test_ci_runs_the_readme_test_command():
