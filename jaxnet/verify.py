@@ -92,7 +92,7 @@ def jacobian_matrix(jac, out_size: int):
     return np.concatenate([np.reshape(np.asarray(leaf), (out_size, -1)) for leaf in leaves], axis=1)
 
 
-def finite_difference_jacobian(f: Callable, x, step: float = 0.1, levels: int = 14):
+def finite_difference_jacobian(f: Callable, x, step: float = 1.0, levels: int = 18):
     """Central differences refined by Ridders' extrapolation, as an (out, in) matrix.
 
     One fixed step cannot serve every function: -log p needs h << p, while a loss of logits 1e4
