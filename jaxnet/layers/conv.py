@@ -23,7 +23,8 @@ def conv_apply(params, x, strides, padding):
     W, b = params["W"], params["b"]
     win.check_nhwc("Conv2D", x, W.shape[2])
     pads, _ = win.geometry(x.shape[1:3], W.shape[:2], strides, padding)
-    y = jax.lax.conv_general_dilated(x, W, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    dtype = jnp.result_type(x, W)  # lax.conv needs equal dtypes; promote as a matmul would
+    y = jax.lax.conv_general_dilated(x.astype(dtype), W.astype(dtype), strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + b[None, None, None, :]
 
 

@@ -1,0 +1,18 @@
+"""The default: a small CNN (two conv-relu-pool blocks, a 128-unit dense layer) on Fashion-MNIST with Adam."""
+
+from jaxnet.training.defaults import base_config
+
+
+def get_config():
+    config = base_config()
+    config.dataset.name = "fashion_mnist"
+    config.model.kind = "cnn"
+    config.model.channels = (32, 64)
+    config.model.hidden = (128,)
+    config.model.dropout = 0.25
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 1e-3
+    config.batch_size = 128
+    config.epochs = 10
+    config.early_stopping.patience = 3
+    return config

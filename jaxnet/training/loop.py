@@ -1,0 +1,180 @@
+"""Compiled training steps over device-resident data, on one device or data-parallel (pmap or jit with shardings).
+
+An epoch is a fixed grid of index batches: the seed-determined permutation of the training set,
+padded with weight-0 entries to whole batches, and with weight-0 steps to whole chunks. One call
+runs a chunk of `steps_per_chunk` steps as a `lax.scan`, so Python dispatches once per chunk and
+nothing recompiles on the last, partial batch. A step whose batch weighs 0 leaves the state as it
+was. The risk of a batch is sum_n w_n l_n / sum_n w_n over the *global* batch, so splitting the
+batch across devices changes nothing but where the sum is computed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxnet.training.objective import predictions
+
+
+class TrainState(NamedTuple):
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    key: jax.Array  # dropout keys are fold_in(key, step): resuming repeats them exactly
+
+
+class EpochPlan(NamedTuple):
+    indices: np.ndarray  # (chunks, steps_per_chunk, batch) int32
+    weights: np.ndarray  # same shape, 1.0 for real examples, 0.0 for padding
+    steps: int  # real steps in the epoch
+
+
+def epoch_plan(num_examples: int, batch_size: int, steps_per_chunk: int, seed: int, epoch: int) -> EpochPlan:
+    """The shuffled, padded batches of one epoch; the order depends only on (seed, epoch)."""
+    batch = num_examples if batch_size == -1 else batch_size
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    steps = math.ceil(num_examples / batch)
+    chunk = min(steps_per_chunk, steps)
+    total = math.ceil(steps / chunk) * chunk * batch
+    indices = np.zeros(total, np.int32)
+    weights = np.zeros(total, np.float32)
+    indices[:num_examples], weights[:num_examples] = order, 1.0
+    shape = (total // (chunk * batch), chunk, batch)
+    return EpochPlan(indices.reshape(shape), weights.reshape(shape), steps)
+
+
+def make_chunk_fn(model, loss_fn, optimizer, axis_name: str | None = None):
+    """(state, images, labels, indices (K, B), weights (K, B)) -> (state, per-step risks (K,)), unjitted."""
+
+    def chunk(state, images, labels, indices, weights):
+        def step(state, batch):
+            idx, w = batch
+            total = jnp.sum(w)
+            if axis_name is not None:
+                total = jax.lax.psum(total, axis_name)
+            key = jax.random.fold_in(state.key, state.step)
+            if axis_name is not None:
+                key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+
+            def risk(params):
+                per_sample = loss_fn(model.apply(params, images[idx], key=key), labels[idx])
+                return jnp.sum(per_sample * w.astype(per_sample.dtype)) / jnp.maximum(total, 1.0)
+
+            value, grads = jax.value_and_grad(risk)(state.params)
+            if axis_name is not None:  # each device holds part of the sum: add them
+                value, grads = jax.lax.psum((value, grads), axis_name)
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            new = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state, state.key)
+            keep = total > 0
+            new = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
+            return new, jnp.where(keep, value, jnp.nan)
+
+        return jax.lax.scan(step, state, (indices, weights))
+
+    return chunk
+
+
+class Runner:
+    """Runs chunks on the devices the strategy names, and hands back host-side views of the state."""
+
+    def __init__(self, strategy: str, model, loss_fn, optimizer, devices=None):
+        self.strategy = strategy
+        self.devices = list(devices or jax.local_devices())
+        if strategy == "single":
+            self.devices = self.devices[:1]
+            self._chunk = jax.jit(make_chunk_fn(model, loss_fn, optimizer), donate_argnums=0)
+        elif strategy == "pmap":
+            self._chunk = jax.pmap(
+                make_chunk_fn(model, loss_fn, optimizer, "data"), axis_name="data", in_axes=(0, None, None, 0, 0),
+                devices=self.devices, donate_argnums=0,
+            )
+        elif strategy == "sharding":
+            self.mesh = Mesh(np.array(self.devices), ("data",))
+            replicated = NamedSharding(self.mesh, P())
+            by_batch = NamedSharding(self.mesh, P(None, "data"))
+            self._replicated, self._by_batch = replicated, by_batch
+            self._chunk = jax.jit(
+                make_chunk_fn(model, loss_fn, optimizer),
+                in_shardings=(replicated, replicated, replicated, by_batch, by_batch),
+                out_shardings=(replicated, replicated),
+                donate_argnums=0,
+            )
+        else:
+            raise ValueError(f"devices.strategy must be 'single', 'pmap' or 'sharding', got {strategy!r}")
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    def check_batch(self, batch_size: int, num_examples: int) -> None:
+        batch = num_examples if batch_size == -1 else batch_size
+        if batch % self.num_devices:
+            raise ValueError(
+                f"config.batch_size={batch} does not split over {self.num_devices} devices ({self.strategy}); "
+                f"use a multiple of {self.num_devices} or --config.devices.strategy=single"
+            )
+
+    def put_data(self, *arrays):
+        if self.strategy == "sharding":
+            return tuple(jax.device_put(a, self._replicated) for a in arrays)
+        if self.strategy == "pmap":
+            return tuple(jax.device_put(a, self.devices[0]) for a in arrays)  # broadcast by in_axes=None
+        return tuple(jax.device_put(a, self.devices[0]) for a in arrays)
+
+    def put_state(self, state: TrainState):
+        if self.strategy == "pmap":  # one copy per device along a leading axis; pmap places them
+            return jax.tree_util.tree_map(lambda a: np.broadcast_to(np.asarray(a), (self.num_devices,) + np.shape(a)), state)
+        if self.strategy == "sharding":
+            return jax.device_put(state, self._replicated)
+        return jax.device_put(state, self.devices[0])
+
+    def host_state(self, state) -> TrainState:
+        """One copy of the state, as it is on the first device."""
+        if self.strategy == "pmap":
+            return jax.tree_util.tree_map(lambda a: a[0], state)
+        return state
+
+    def run_chunk(self, state, images, labels, indices, weights):
+        if self.strategy == "pmap":
+            d = self.num_devices
+            split = lambda a: np.moveaxis(a.reshape(a.shape[0], d, -1), 1, 0)  # noqa: E731  (K, B) -> (D, K, B/D)
+            state, risks = self._chunk(state, images, labels, split(indices), split(weights))
+            return state, risks[0]
+        return self._chunk(state, images, labels, indices, weights)
+
+
+def make_evaluate(model, loss_fn, num_classes: int, batch_size: int = 1000):
+    """evaluate(params, images, labels) -> (mean loss, error rate, confusion matrix [true, predicted]) in fixed-size batches."""
+
+    @jax.jit
+    def batch_stats(params, x, y, w):
+        logits = model.apply(params, x)
+        loss = jnp.sum(loss_fn(logits, y) * w)
+        pred = predictions(logits)
+        confusion = jnp.einsum("n,ni,nj->ij", w, jax.nn.one_hot(y, num_classes, dtype=w.dtype), jax.nn.one_hot(pred, num_classes, dtype=w.dtype))
+        return loss, confusion
+
+    def evaluate(params, images, labels):
+        n = len(labels)
+        if n == 0:
+            return float("nan"), float("nan"), np.zeros((num_classes, num_classes), np.int64)
+        total_loss, confusion = 0.0, np.zeros((num_classes, num_classes))
+        for start in range(0, n, batch_size):
+            x, y = images[start : start + batch_size], labels[start : start + batch_size]
+            pad = batch_size - len(y) if n > batch_size else 0
+            w = np.concatenate([np.ones(len(y), np.float32), np.zeros(pad, np.float32)])
+            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
+            y = np.concatenate([y, np.zeros(pad, y.dtype)]) if pad else y
+            loss, conf = batch_stats(params, x, y, w)
+            total_loss += float(loss)
+            confusion += np.asarray(conf)
+        errors = n - np.trace(confusion)
+        return total_loss / n, float(errors / n), np.rint(confusion).astype(np.int64)
+
+    return evaluate

@@ -1,0 +1,41 @@
+"""Train a jaxnet network: python train.py [--config configs/NAME.py] [--workdir DIR] [--config.key=value ...].
+
+With no flags it trains configs/default.py into a fresh folder under runs/. Running the same
+command with the same --workdir resumes from its last checkpoint. --mode=evaluate loads the
+workdir's best parameters and reports test accuracy and the confusion matrix.
+"""
+
+import os
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)  # so configs can import each other (configs/tpu.py builds on configs/cifar10.py)
+
+config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "default.py"), "Training config file.")
+flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, plots. Default: a fresh runs/<config>-<time>.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "Train (and resume), or evaluate a workdir's best checkpoint.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.key=value")
+    from jaxnet.training import multihost, trainer
+
+    multihost.initialize()
+    workdir = FLAGS.workdir
+    if workdir is None:
+        name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
+        workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if FLAGS.mode == "evaluate":
+        trainer.evaluate_workdir(FLAGS.config, workdir)
+    else:
+        trainer.train_and_evaluate(FLAGS.config, workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
