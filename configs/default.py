@@ -6,6 +6,7 @@ from jaxnet.training.defaults import base_config
 def get_config():
     config = base_config()
     config.dataset.name = "fashion_mnist"
+    config.dataset.validation_size = 5000
     config.model.kind = "cnn"
     config.model.channels = (32, 64)
     config.model.hidden = (128,)

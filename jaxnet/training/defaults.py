@@ -10,7 +10,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "fashion_mnist"  # mnist | fashion_mnist | cifar10 | digits | synthetic
     c.dataset.data_dir = ""  # a prepared TFDS data dir or a directory of IDX files; "" = the defaults
-    c.dataset.validation_size = 5000  # held out of the training split: a count, or a fraction < 1
+    c.dataset.validation_size = 0.1  # held out of the training split: a fraction < 1, or a count
 
     c.model = ml_collections.ConfigDict()
     c.model.kind = "cnn"  # mlp | cnn | lenet | cifar_cnn

@@ -1,0 +1,456 @@
+"""Datasets as numpy arrays on the host: MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's digits, and a synthetic problem.
+
+`load_dataset(name)` tries a fixed list of sources for each name, in order, and never downloads:
+
+1. a TFDS dataset already prepared in the array_record format, in `data_dir` or else in TFDS's default data
+   dir ($TFDS_DATA_DIR or ~/tensorflow_datasets). It is read with `tfds.data_source`, which needs pillow to
+   decode images but not TensorFlow. TFDS is imported only once a prepared dataset is found on disk.
+2. local files: the four MNIST-format IDX files, gzipped or not, in `data_dir` or `data_dir/<name>`, and for
+   fashion_mnist the Debian package's /usr/share/datasets/fashion-mnist. For cifar10, the CIFAR-10 binary
+   version (data_batch_1.bin ... test_batch.bin) in `data_dir` or `data_dir/cifar-10-batches-bin`.
+3. 'digits': scikit-learn's `load_digits`, whose data ships inside the package.
+4. 'synthetic': class prototype images plus Gaussian noise, generated from the seed.
+
+If no source has the data, `DatasetNotFoundError` is raised at once. Its message lists every place looked
+and says how to get the data. Images are float32 in [0, 1], in NHWC layout; labels are int32. The validation
+split is held out of the training split with a permutation drawn from `seed`. The test split is never touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import math
+import os
+import re
+import zlib
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "DATASETS", "Dataset", "DatasetNotFoundError", "Split", "load_dataset", "parse_idx", "read_idx",
+]
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits", "synthetic")
+
+# Directories searched for IDX files after `data_dir` (tests monkeypatch this).
+SYSTEM_DIRS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",)}
+
+# The standard MNIST file names; each may also end in .gz, or have '.idx' for '-idx' (train-images.idx3-ubyte).
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR10_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
+
+# digits has no official test split: a stratified 20% of each class, drawn with a fixed seed, is the test split.
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_TEST_SEED = 0
+
+SYNTHETIC_NOISE = 0.5  # standard deviation of the Gaussian noise added to each pixel of the prototypes
+
+_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "digits": 10}
+
+_IDX_TFDS_HINT = (
+    "or, on a machine with network access and TensorFlow, run `tfds build {name} --file_format=array_record "
+    "--data_dir=DIR`, copy DIR here and pass data_dir=DIR the same way (reading it needs `pip install pillow`)"
+)
+_HOW_TO_GET = {
+    "mnist": (
+        "put the four MNIST IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        "t10k-labels-idx1-ubyte, each gzipped or not) in a directory DIR and pass data_dir=DIR "
+        "(--config.dataset.data_dir=DIR); " + _IDX_TFDS_HINT.format(name="mnist")
+        + ". Offline, --config.dataset.name=fashion_mnist works after `apt-get install dataset-fashion-mnist`."
+    ),
+    "fashion_mnist": (
+        "run `apt-get install dataset-fashion-mnist` (Debian/Ubuntu: the IDX files in /usr/share/datasets/fashion-mnist); "
+        "or put the four Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in a directory DIR and pass data_dir=DIR "
+        "(--config.dataset.data_dir=DIR); " + _IDX_TFDS_HINT.format(name="fashion_mnist") + "."
+    ),
+    "cifar10": (
+        "on a machine with network access and TensorFlow, run `tfds build cifar10 --file_format=array_record "
+        "--data_dir=DIR`, copy DIR here and pass data_dir=DIR (--config.dataset.data_dir=DIR; reading it needs "
+        "`pip install pillow`); or unpack the CIFAR-10 binary version "
+        "(https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz: data_batch_1.bin ... data_batch_5.bin, "
+        "test_batch.bin) into DIR and pass data_dir=DIR."
+    ),
+    "digits": "run `pip install scikit-learn` (load_digits reads data shipped inside the package).",
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No source has the dataset; the message lists every place looked and how to get the data."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+    """Images (N, H, W, C) float32 in [0, 1] and labels (N,) int32."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        images, labels = np.asarray(self.images, np.float32), np.asarray(self.labels, np.int32)
+        if images.ndim != 4 or labels.shape != images.shape[:1]:
+            raise ValueError(f"Split needs images (N, H, W, C) and labels (N,); got {images.shape} and {labels.shape}")
+        object.__setattr__(self, "images", images)
+        object.__setattr__(self, "labels", labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A dataset's train / validation / test splits, where it came from, and what was tried before."""
+
+    name: str
+    source: str
+    tried: tuple[str, ...]
+    train: Split
+    validation: Split
+    test: Split
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(H, W, C): the shape of one image."""
+        return tuple(int(d) for d in self.train.images.shape[1:])
+
+
+class _Skip(Exception):
+    """A source that does not have the data; the message says why."""
+
+
+class _Arrays(NamedTuple):
+    train_images: np.ndarray  # (N, H, W, C), any real dtype: divided by `maximum` once the splits are drawn
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    maximum: float
+
+
+class _Source(NamedTuple):
+    description: str
+    load: Callable[[], _Arrays]
+
+
+# ----------------------------------------------------------------------------------------------------------- IDX files
+
+_IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
+    """The array in the bytes of an IDX file; ValueError naming `name` if the magic number or size is wrong."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(
+            f"{name}: not an IDX file: magic number {raw[:4].hex() or 'missing'}, expected 0000TTNN with "
+            f"type TT in {', '.join(f'{t:02x}' for t in _IDX_DTYPES)} and NN dimensions (MNIST images: 00000803)"
+        )
+    ndim, header = raw[3], 4 + 4 * raw[3]
+    if len(raw) < header:
+        raise ValueError(f"{name}: truncated IDX header: {len(raw)} bytes, {header} needed for {ndim} dimensions")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected, found = math.prod(shape) * dtype.itemsize, len(raw) - header
+    if found != expected:
+        problem = "truncated IDX file" if found < expected else "IDX file with trailing bytes"
+        raise ValueError(f"{name}: {problem}: the header says {dtype} of shape {shape} ({expected} bytes), the file has {found}")
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+
+
+def read_idx(path) -> np.ndarray:
+    """The array in an IDX file, gzipped (detected by content) or not; ValueError naming the file if malformed."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise ValueError(f"{path}: corrupt gzip data: {e}") from None
+    return parse_idx(raw, path)
+
+
+def _find_idx(directory: str, stem: str) -> str | None:
+    for variant in (stem, stem.replace("-idx", ".idx")):
+        for suffix in (".gz", ""):
+            path = os.path.join(directory, variant + suffix)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+    if labels.size and labels.max() >= num_classes:
+        raise ValueError(f"{where}: label {int(labels.max())} out of range: expected 0 ... {num_classes - 1}")
+    return labels.astype(np.int32)
+
+
+def _idx_pair(images_path: str, labels_path: str, num_classes: int):
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"{images_path}: expected images: unsigned bytes (N, H, W), magic 00000803; got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise ValueError(f"{labels_path}: expected labels: unsigned bytes (N,), magic 00000801; got {labels.dtype} {labels.shape}")
+    if len(images) != len(labels):
+        raise ValueError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
+    return images[..., None], _check_labels(labels, num_classes, labels_path)
+
+
+def _idx_source(directory: str, num_classes: int) -> _Source:
+    def load():
+        if not os.path.isdir(directory):
+            raise _Skip("no such directory")
+        paths = [_find_idx(directory, stem) for stem in IDX_FILES]
+        missing = [stem + "[.gz]" for stem, path in zip(IDX_FILES, paths) if path is None]
+        if len(missing) == len(IDX_FILES):
+            raise _Skip("no IDX files there")
+        if missing:
+            raise _Skip(f"incomplete: {', '.join(missing)} missing")
+        return _Arrays(*_idx_pair(paths[0], paths[1], num_classes), *_idx_pair(paths[2], paths[3], num_classes), 255)
+
+    return _Source(f"IDX files in {directory}", load)
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR-10 binary files
+
+
+def _read_cifar10_bin(path: str):
+    raw = np.fromfile(path, np.uint8)
+    if raw.size == 0 or raw.size % 3073:
+        raise ValueError(f"{path}: not a CIFAR-10 binary batch: {raw.size} bytes is not a positive multiple of 3073 (1 label + 32x32x3)")
+    records = raw.reshape(-1, 3073)
+    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return images, _check_labels(records[:, 0], 10, path)
+
+
+def _cifar10_bin_source(directory: str) -> _Source:
+    def load():
+        if not os.path.isdir(directory):
+            raise _Skip("no such directory")
+        missing = [f for f in CIFAR10_FILES if not os.path.isfile(os.path.join(directory, f))]
+        if len(missing) == len(CIFAR10_FILES):
+            raise _Skip("no CIFAR-10 binary batches there")
+        if missing:
+            raise _Skip(f"incomplete: {', '.join(missing)} missing")
+        batches = [_read_cifar10_bin(os.path.join(directory, f)) for f in CIFAR10_FILES]
+        train = [np.concatenate(parts) for parts in zip(*batches[:-1])]
+        return _Arrays(*train, *batches[-1], 255)
+
+    return _Source(f"CIFAR-10 binary batches in {directory}", load)
+
+
+# ---------------------------------------------------------------------------------------------------------------- TFDS
+
+
+def _default_tfds_data_dir() -> str:
+    """TFDS's default data dir: $TFDS_DATA_DIR, or else ~/tensorflow_datasets (as tfds computes it)."""
+    return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def _tfds_source(name: str, root: str) -> _Source:
+    def load():
+        folder = os.path.join(root, name)
+        versions = [v for v in (os.listdir(folder) if os.path.isdir(folder) else []) if re.fullmatch(r"\d+\.\d+\.\d+", v)]
+        versions = [v for v in versions if os.path.isfile(os.path.join(folder, v, "dataset_info.json"))]
+        if not versions:
+            raise _Skip(f"no prepared {name} (no {name}/<version>/dataset_info.json)")
+        version = max(versions, key=_version_key)
+        try:
+            import PIL.Image  # noqa: F401  (tfds decodes images with pillow when TensorFlow is absent)
+        except ImportError:
+            raise _Skip(f"{name}/{version} is prepared, but reading it needs `pip install pillow`") from None
+        import tensorflow_datasets as tfds
+
+        try:
+            builder = tfds.builder(f"{name}:{version}", data_dir=root)
+        except Exception as e:  # noqa: BLE001  (a broken prepared dir is a skipped source, with the reason)
+            raise _Skip(f"{name}/{version} is unreadable: {type(e).__name__}: {e}") from None
+        file_format = getattr(builder.info.file_format, "value", builder.info.file_format) or "tfrecord"
+        if not builder.is_prepared():
+            raise _Skip(f"{name}/{version} is not completely prepared")
+        if file_format not in ("array_record", "parquet"):
+            raise _Skip(f"{name}/{version} is prepared as {file_format}, which needs TensorFlow; prepare it with --file_format=array_record")
+        num_classes = builder.info.features["label"].num_classes
+        arrays = []
+        for source in builder.as_data_source(split=["train", "test"]):
+            examples = source.__getitems__(range(len(source)))
+            images = np.stack([e["image"] for e in examples])
+            labels = np.array([e["label"] for e in examples], np.int64)
+            arrays += [images, _check_labels(labels, num_classes, f"{folder}/{version}")]
+        return _Arrays(*arrays, 255)
+
+    return _Source(f"TFDS prepared data in {root}", load)
+
+
+# ------------------------------------------------------------------------------------------------ digits and synthetic
+
+
+def _stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of round(fraction * count) examples of each class, drawn with `seed`."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        picked.append(rng.choice(members, round(fraction * len(members)), replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def _digits_source() -> _Source:
+    def load():
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise _Skip("scikit-learn is not installed (pip install scikit-learn)") from None
+        digits = load_digits()
+        images, labels = digits.images[..., None], digits.target.astype(np.int32)
+        is_test = np.zeros(len(labels), bool)
+        is_test[_stratified_holdout(labels, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)] = True
+        return _Arrays(images[~is_test], labels[~is_test], images[is_test], labels[is_test], 16)
+
+    fraction = f"{DIGITS_TEST_FRACTION:.0%}"
+    return _Source(f"scikit-learn load_digits (test: a stratified {fraction} of each class, seed {DIGITS_TEST_SEED})", load)
+
+
+def _synthetic_source(shape: tuple[int, ...], classes: int, sizes: tuple[int, int], seed: int) -> _Source:
+    def load():
+        rng = np.random.default_rng([seed, 1])  # a stream apart from the validation permutation's
+        prototypes = rng.random((classes, *shape), dtype=np.float32)
+
+        def draw(n):
+            labels = rng.permutation(np.arange(n) % classes).astype(np.int32)
+            noise = rng.standard_normal((n, *shape), dtype=np.float32)
+            return np.clip(prototypes[labels] + np.float32(SYNTHETIC_NOISE) * noise, 0, 1), labels
+
+        return _Arrays(*draw(sizes[0]), *draw(sizes[1]), 1)
+
+    where = f"synthetic: {classes} random prototypes of shape {shape} plus N(0, {SYNTHETIC_NOISE}^2) noise, clipped to [0, 1]"
+    return _Source(f"{where}, seed {seed}", load)
+
+
+# ------------------------------------------------------------------------------------------------------------- loading
+
+
+def _to_unit(images: np.ndarray, maximum: float) -> np.ndarray:
+    out = images.astype(np.float32)
+    out /= np.float32(maximum)
+    return out
+
+
+def _sources(name: str, data_dir: str | None, synthetic: tuple, seed: int) -> list[_Source]:
+    if name == "digits":
+        return [_digits_source()]
+    if name == "synthetic":
+        return [_synthetic_source(*synthetic, seed)]
+    sources = [_tfds_source(name, data_dir or _default_tfds_data_dir())]
+    if name == "cifar10":
+        dirs = [data_dir, os.path.join(data_dir, "cifar-10-batches-bin")] if data_dir else []
+        return sources + [_cifar10_bin_source(d) for d in dirs]
+    dirs = [data_dir, os.path.join(data_dir, name)] if data_dir else []
+    return sources + [_idx_source(d, _NUM_CLASSES[name]) for d in dirs + list(SYSTEM_DIRS.get(name, ()))]
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _bad_validation_size(value, n: int | None = None) -> ValueError:
+    count = f"a count 0 <= n < {n} (the training split's size)" if n else "a count n >= 0 (an int)"
+    return ValueError(f"validation_size={value!r} is not allowed: use a fraction 0 <= f < 1 of the training split, or {count}")
+
+
+def _validation_count(value, n: int | None = None) -> int:
+    """The number of held-out examples for `validation_size` of a training split of n (None: check the type only)."""
+    if _is_count(value):
+        count = int(value)
+    elif isinstance(value, (float, np.floating)) and 0 <= value < 1:
+        count = round(float(value) * n) if n else 0
+    else:
+        raise _bad_validation_size(value, n)
+    if count < 0 or (n is not None and count >= n):
+        raise _bad_validation_size(value, n)
+    return count
+
+
+def _check_synthetic(shape, classes, sizes) -> tuple:
+    shape, sizes = tuple(shape), tuple(sizes)
+    if len(shape) != 3 or not all(_is_count(d) and d > 0 for d in shape):
+        raise ValueError(f"synthetic_shape={shape!r} is not allowed: use (H, W, C), three positive ints")
+    if not (_is_count(classes) and classes >= 2):
+        raise ValueError(f"synthetic_classes={classes!r} is not allowed: use an int >= 2")
+    if len(sizes) != 2 or not all(_is_count(s) and s > 0 for s in sizes):
+        raise ValueError(f"synthetic_size={sizes!r} is not allowed: use (train, test), two positive ints")
+    return shape, int(classes), sizes
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | None = None,
+    validation_size: int | float = 0.1,
+    seed: int = 0,
+    synthetic_shape=(28, 28, 1),
+    synthetic_classes=10,
+    synthetic_size=(2048, 512),
+    log=print,
+) -> Dataset:
+    """Load `name` from the first source that has it, holding `validation_size` of the training split out with `seed`.
+
+    Each source is tried in a fixed order (see the module docstring); `log` gets one line with that order and one
+    with the source used. `validation_size` is a fraction 0 <= f < 1 of the training split, or a count; 0 holds
+    nothing out. 'synthetic' generates `synthetic_size` = (train, test) examples of `synthetic_shape`
+    (H, W, C) in `synthetic_classes` classes from `seed`; its validation split comes out of the train part.
+    Raises DatasetNotFoundError (a FileNotFoundError) if no source has the data, without any download.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+    _validation_count(validation_size)
+    if not (_is_count(seed) and seed >= 0):
+        raise ValueError(f"seed={seed!r} is not allowed: use an int >= 0")
+    data_dir = os.fspath(os.path.expanduser(data_dir)) if data_dir else None
+    synthetic = _check_synthetic(synthetic_shape, synthetic_classes, synthetic_size) if name == "synthetic" else ()
+    log = log or (lambda *_: None)
+
+    sources = _sources(name, data_dir, synthetic, seed)
+    log(f"{name}: sources in order: " + "; ".join(f"{i}) {s.description}" for i, s in enumerate(sources, 1)))
+    tried = []
+    for source in sources:
+        try:
+            arrays = source.load()
+        except _Skip as skip:
+            tried.append(f"{source.description}: skipped, {skip}")
+            continue
+        tried.append(f"{source.description}: used")
+        break
+    else:
+        looked = "\n".join(f"  {i}. {t}" for i, t in enumerate(tried, 1))
+        raise DatasetNotFoundError(
+            f"dataset {name!r} not found (nothing is downloaded). Looked in, in order:\n{looked}\n"
+            f"To get it: {_HOW_TO_GET[name]}"
+        )
+
+    n = len(arrays.train_labels)
+    held_out = _validation_count(validation_size, n)
+    order = np.random.default_rng(seed).permutation(n)
+    validation, train = np.sort(order[:held_out]), np.sort(order[held_out:])
+    num_classes = synthetic[1] if name == "synthetic" else _NUM_CLASSES[name]
+    dataset = Dataset(
+        name=name,
+        source=source.description,
+        tried=tuple(tried),
+        train=Split(_to_unit(arrays.train_images[train], arrays.maximum), arrays.train_labels[train]),
+        validation=Split(_to_unit(arrays.train_images[validation], arrays.maximum), arrays.train_labels[validation]),
+        test=Split(_to_unit(arrays.test_images, arrays.maximum), arrays.test_labels),
+        num_classes=num_classes,
+    )
+    h, w, c = dataset.input_shape
+    log(
+        f"{name}: using {source.description}: {len(train)} train + {len(validation)} validation (seed {seed}) "
+        f"of {n}, {len(dataset.test)} test; {h}x{w}x{c}, {num_classes} classes"
+    )
+    return dataset
