@@ -158,23 +158,39 @@ def test_max_pool_ties_go_to_the_first_input_in_row_major_order():
     expected[0, 0, 1] = 1  # window 0: (0,1) and (1,0) tie; (0,1) comes first
     expected[1, 0, 2] = 1  # window 1: (0,2) and (1,3) tie; (0,2) comes first
     np.testing.assert_array_equal(J, expected)
-    # jax.grad of lax.reduce_window follows the same rule ...
+    # jax.grad of XLA's own lax.reduce_window (select_and_scatter) follows the same rule ...
+    np.testing.assert_array_equal(jax.jacrev(lambda v: xla_max_pool(v, 2, 2, "VALID")[0, :, :, 0])(x)[0, :, 0, :, :, 0], expected)
+    # ... and so does jaxnet's faster custom derivative, in both modes.
     np.testing.assert_array_equal(jax.jacrev(lambda v: L.MaxPool(2).apply((), v)[0, :, :, 0])(x)[0, :, 0, :, :, 0], expected)
+    np.testing.assert_array_equal(jax.jacfwd(lambda v: L.MaxPool(2).apply((), v)[0, :, :, 0])(x)[0, :, 0, :, :, 0], expected)
     # ... and so does the batched vjp; jnp.max would split the gradient 1/2, 1/2 instead.
     g = jnp.ones((1, 1, 2, 1))
     np.testing.assert_array_equal(L.MaxPool(2).vjp((), x, g)[1][0, :, :, 0], expected.sum(axis=0))
     assert jax.grad(lambda v: jnp.max(v))(jnp.array([3.0, 3.0]))[0] == 0.5
 
 
-def test_max_pool_with_overlapping_windows_and_random_ties(key):
+def xla_max_pool(x, k, s, padding):
+    """Max-pooling by lax.reduce_window alone, whose jax.grad is XLA's select_and_scatter: an independent reference."""
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, s, s, 1), padding)
+
+
+@pytest.mark.parametrize("k, s, padding", [(3, 2, "same"), (2, 2, "valid"), (2, 1, "valid"), (3, 3, "same")])
+def test_max_pool_derivatives_match_xla_with_random_ties(k, s, padding, key):
     # Integer-valued inputs make ties common; overlapping windows make one input win several times.
-    x = jax.random.randint(key, (2, 7, 7, 2), 0, 3).astype(jnp.float64)
-    layer = L.MaxPool(3, 2, "same")
+    x = jax.random.randint(key, (2, 8, 7, 2), 0, 3).astype(jnp.float64)
+    layer = L.MaxPool(k, s, padding)
+    np.testing.assert_array_equal(layer.apply((), x), xla_max_pool(x, k, s, padding.upper()))
     g = jax.random.normal(key, layer.apply((), x).shape)
-    ref = jax.vjp(lambda v: layer.apply((), v), x)[1](g)[0]
-    np.testing.assert_allclose(layer.vjp((), x, g)[1], ref, rtol=1e-14)
+    ref = jax.vjp(lambda v: xla_max_pool(v, k, s, padding.upper()), x)[1](g)[0]
+    # An input that wins several overlapping windows sums their g's, in another order than XLA: atol for cancellation.
+    np.testing.assert_allclose(layer.vjp((), x, g)[1], ref, rtol=1e-14, atol=1e-14)  # the hand-written vjp
+    np.testing.assert_allclose(jax.vjp(lambda v: layer.apply((), v), x)[1](g)[0], ref, rtol=1e-14, atol=1e-14)  # jax.grad
+    t = jax.random.normal(jax.random.fold_in(key, 1), x.shape)
+    ref_t = jax.jvp(lambda v: xla_max_pool(v, k, s, padding.upper()), (x,), (t,))[1]
+    np.testing.assert_allclose(jax.jvp(lambda v: layer.apply((), v), (x,), (t,))[1], ref_t, rtol=1e-14)  # forward mode
     for n in range(2):
-        np.testing.assert_allclose(layer.jacobians((), x, n)[1], jax.jacrev(lambda v: layer.apply((), v)[n])(x)[:, :, :, n], rtol=0)
+        ref_J = jax.jacrev(lambda v: xla_max_pool(v, k, s, padding.upper())[n])(x)[:, :, :, n]
+        np.testing.assert_allclose(layer.jacobians((), x, n)[1], ref_J, rtol=0)
 
 
 def test_relu_derivative_conventions_at_exactly_zero():

@@ -12,6 +12,8 @@ divides by the full window size k1 k2 (padded cells count, as in PyTorch's defau
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -26,10 +28,47 @@ def _offsets(window):
 
 def max_pool_apply(x, window, strides, padding):
     win.check_nhwc("MaxPool", x)
+    return _max_pool(x, window, strides, padding)
+
+
+def _tiles(x, window, strides, padding):
+    """Non-overlapping, unpadded windows that tile x exactly, as (N, H', W', C, k1 k2); None otherwise."""
+    pads, _ = win.geometry(x.shape[1:3], window, strides, padding)
+    n, h, w, c = x.shape
+    (kh, kw) = window
+    if strides != window or any(p != (0, 0) for p in pads) or h % kh or w % kw:
+        return None
+    blocks = x.reshape(n, h // kh, kh, w // kw, kw, c).transpose(0, 1, 3, 5, 2, 4)
+    return blocks.reshape(n, h // kh, w // kw, c, kh * kw)  # last axis in row-major window order
+
+
+# The derivative is hand-written rather than left to XLA: select_and_scatter, which jax.grad of
+# reduce_window uses, is slow on CPU (a third of a small CNN's step). As a custom_jvp (the
+# tangent of each output is its winner's tangent) it serves forward mode too, and JAX's
+# transpose of it is the backward pass. Same tie rule as XLA's.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, strides, padding):
+    tiles = _tiles(x, window, strides, padding)
+    if tiles is not None:
+        return jnp.max(tiles, axis=-1)
     pads, _ = win.geometry(x.shape[1:3], window, strides, padding)
     return jax.lax.reduce_window(
         x, -jnp.inf, jax.lax.max, (1,) + window + (1,), (1,) + strides + (1,), ((0, 0),) + pads + ((0, 0),)
     )
+
+
+@_max_pool.defjvp
+def _max_pool_jvp(window, strides, padding, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = _max_pool(x, window, strides, padding)
+    tiles = _tiles(x, window, strides, padding)
+    if tiles is not None:
+        winner = jax.nn.one_hot(jnp.argmax(tiles, axis=-1), window[0] * window[1], dtype=dx.dtype)
+        return y, jnp.sum(winner * _tiles(dx, window, strides, padding), axis=-1)
+    arg, pads, out_hw = max_pool_winners(x, window, strides, padding)
+    dxpad = win.pad_hw(dx, pads)
+    dy = sum(jnp.where(arg == t, win.offset_slice(dxpad, p, q, out_hw, strides), 0) for t, (p, q) in enumerate(_offsets(window)))
+    return y, dy
 
 
 def max_pool_winners(x, window, strides, padding):
