@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -24,6 +24,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.key=value")
+    if not FLAGS["verbosity"].present:  # orbax and jax log every save at INFO: keep the table readable
+        logging.set_verbosity(logging.WARNING)
     from jaxnet.training import multihost, trainer
 
     multihost.initialize()
@@ -31,10 +33,20 @@ def main(argv):
     if workdir is None:
         name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
         workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if FLAGS.mode == "evaluate":
-        trainer.evaluate_workdir(FLAGS.config, workdir)
-    else:
-        trainer.train_and_evaluate(FLAGS.config, workdir)
+    from jaxnet.data import DatasetNotFoundError
+    from jaxnet.training.config import ConfigError
+
+    try:
+        if FLAGS.mode == "evaluate":
+            trainer.evaluate_workdir(FLAGS.config, workdir)
+        else:
+            trainer.train_and_evaluate(FLAGS.config, workdir)
+    except trainer.Interrupted as stop:  # expected stops get one clear line, not a traceback
+        print(f"stopped: {stop}", file=sys.stderr)
+        sys.exit(130)
+    except (ConfigError, DatasetNotFoundError, trainer.NonFiniteLossError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

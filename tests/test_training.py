@@ -243,3 +243,26 @@ def test_every_shipped_config_is_valid_and_builds(name):
     shape = {"cifar10": (32, 32, 3), "tpu": (32, 32, 3)}.get(name, (28, 28, 1))
     out, _ = model.init(jax.random.PRNGKey(0), shape)
     assert out == (10,)
+
+
+def test_resuming_with_another_chunk_size_is_refused_if_it_would_misplace_the_data(tmp_path, monkeypatch):
+    dataset = toy_dataset()
+    config = small_config(**{"checkpoint.every_chunks": 1})
+    calls = {"n": 0}
+    real_run_chunk = Runner.run_chunk
+
+    def run_then_signal(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:  # after 2 chunks of 4 steps: 8 steps into epoch 1
+            os.kill(os.getpid(), 15)
+        return real_run_chunk(self, *args)
+
+    monkeypatch.setattr(Runner, "run_chunk", run_then_signal)
+    with pytest.raises(trainer.Interrupted):
+        trainer.train_and_evaluate(config, str(tmp_path), dataset=dataset, log=lambda s: None, progress=False)
+    monkeypatch.setattr(Runner, "run_chunk", real_run_chunk)
+    with pytest.raises(config_lib.ConfigError, match="8 steps into epoch 1, not a multiple of config.steps_per_chunk=3"):
+        trainer.train_and_evaluate(small_config(**{"steps_per_chunk": 3}), str(tmp_path), dataset=dataset, log=lambda s: None, progress=False)
+    lines = []  # a chunk size that divides the position resumes
+    trainer.train_and_evaluate(small_config(**{"steps_per_chunk": 2}), str(tmp_path), dataset=dataset, log=lines.append, progress=False)
+    assert any("(epoch 1, step 8 of it)" in line for line in lines)

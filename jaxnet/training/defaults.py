@@ -59,5 +59,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep = 3  # checkpoints kept in WORKDIR/checkpoints
     c.checkpoint.every_chunks = 0  # also save every N step chunks within an epoch; 0 = at epoch ends only
 
-    c.steps_per_chunk = 50  # compiled steps between progress updates (one dispatch per chunk)
+    c.steps_per_chunk = 10  # compiled steps per dispatch and progress update (unrolled on CPU: compile time grows with it)
     return c

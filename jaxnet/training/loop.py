@@ -2,8 +2,8 @@
 
 An epoch is a fixed grid of index batches: the seed-determined permutation of the training set,
 padded with weight-0 entries to whole batches, and with weight-0 steps to whole chunks. One call
-runs a chunk of `steps_per_chunk` steps as a `lax.scan`, so Python dispatches once per chunk and
-nothing recompiles on the last, partial batch. A step whose batch weighs 0 leaves the state as it
+runs a chunk of `steps_per_chunk` steps as a `lax.scan` (unrolled on CPU), so Python dispatches
+once per chunk and nothing recompiles on the last, partial batch. A step whose batch weighs 0 leaves the state as it
 was. The risk of a batch is sum_n w_n l_n / sum_n w_n over the *global* batch, so splitting the
 batch across devices changes nothing but where the sum is computed.
 """
@@ -75,7 +75,10 @@ def make_chunk_fn(model, loss_fn, optimizer, axis_name: str | None = None):
             new = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
             return new, jnp.where(keep, value, jnp.nan)
 
-        return jax.lax.scan(step, state, (indices, weights))
+        # XLA on CPU runs a convolution inside a while loop ~15x slower than outside one (measured:
+        # 735 vs 45 ms per step of the default CNN), so there the chunk is unrolled; accelerators keep the loop.
+        unroll = indices.shape[0] if jax.default_backend() == "cpu" else 1
+        return jax.lax.scan(step, state, (indices, weights), unroll=unroll)
 
     return chunk
 

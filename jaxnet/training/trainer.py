@@ -61,7 +61,10 @@ def _load_data(config, log):
     from jaxnet.data import load_dataset
 
     d = config.dataset
-    return load_dataset(d.name, data_dir=d.data_dir or None, validation_size=d.validation_size, seed=config.seed, log=log)
+    size = d.validation_size
+    if size >= 1 and float(size).is_integer():  # ml_collections keeps the field's float type: 5000 arrives as 5000.0
+        size = int(size)
+    return load_dataset(d.name, data_dir=d.data_dir or None, validation_size=size, seed=config.seed, log=log)
 
 
 def setup(config, log=print, dataset=None):
@@ -108,11 +111,11 @@ def train_and_evaluate(config, workdir: str, *, log=print, dataset=None, devices
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
     report = Report(workdir, progress=progress, log=log)
 
-    record = {"epoch": 0, "chunk": 0, "best_error": None, "best_epoch": None, "bad_epochs": 0, "history": [], "stopped": None}
+    record = {"epoch": 0, "step_in_epoch": 0, "best_error": None, "best_epoch": None, "bad_epochs": 0, "history": [], "stopped": None}
     best_params = _copy(state.params)
     if checkpoints.latest_step() is not None:
         state, best_params, record = checkpoints.restore(state, best_params)
-        log(f"resuming from {checkpoints.directory} at step {int(state.step)} (epoch {record['epoch'] + 1}, chunk {record['chunk']})")
+        log(f"resuming from {checkpoints.directory} at step {int(state.step)} (epoch {record['epoch'] + 1}, step {record['step_in_epoch']} of it)")
     else:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -134,14 +137,20 @@ def train_and_evaluate(config, workdir: str, *, log=print, dataset=None, devices
         while epoch < config.epochs and record["stopped"] is None:
             plan = epoch_plan(n, config.batch_size, config.steps_per_chunk, config.seed, epoch)
             chunk_steps = plan.indices.shape[1]
+            first_chunk, offset = divmod(record["step_in_epoch"], chunk_steps)
+            if offset:
+                raise config_lib.ConfigError(
+                    f"the checkpoint stopped {record['step_in_epoch']} steps into epoch {epoch + 1}, not a multiple of "
+                    f"config.steps_per_chunk={config.steps_per_chunk}: resume with the steps_per_chunk of the interrupted run"
+                )
             report.start_epoch(epoch + 1, config.epochs, n)
             started, risks = time.perf_counter(), []
-            for c in range(record["chunk"], plan.indices.shape[0]):
+            for c in range(first_chunk, plan.indices.shape[0]):
                 tic = time.perf_counter()
                 device_state, chunk_risks = runner.run_chunk(device_state, images, labels, plan.indices[c], plan.weights[c])
                 real = min(chunk_steps, plan.steps - c * chunk_steps)
                 chunk_risks = np.asarray(chunk_risks)[:real]  # waiting here also keeps fake devices in step
-                if epoch == record["epoch"] and c == record["chunk"]:
+                if epoch == record["epoch"] and c == first_chunk:
                     report.compile_seconds = time.perf_counter() - tic
                 if not np.all(np.isfinite(chunk_risks)):
                     bad = int(np.argmin(np.isfinite(chunk_risks)))
@@ -157,7 +166,7 @@ def train_and_evaluate(config, workdir: str, *, log=print, dataset=None, devices
                 every = config.checkpoint.every_chunks
                 interrupted = bool(received)
                 if interrupted or (every and (c + 1) % every == 0 and c + 1 < plan.indices.shape[0]):
-                    save(runner.host_state(device_state), {**record, "epoch": epoch, "chunk": c + 1})
+                    save(runner.host_state(device_state), {**record, "epoch": epoch, "step_in_epoch": (c + 1) * chunk_steps})
                 if interrupted:
                     report.close()
                     checkpoints.close()
@@ -186,7 +195,7 @@ def train_and_evaluate(config, workdir: str, *, log=print, dataset=None, devices
                 device_state = runner.put_state(host)
             report.end_epoch(row)
             epoch += 1
-            record.update(epoch=epoch, chunk=0)
+            record.update(epoch=epoch, step_in_epoch=0)
             save(host, record)
 
     test_loss, test_error, confusion = evaluate(best_params, dataset.test.images, dataset.test.labels)
