@@ -94,7 +94,7 @@ class Runner:
             self._chunk = jax.jit(make_chunk_fn(model, loss_fn, optimizer), donate_argnums=0)
         elif strategy == "pmap":
             self._chunk = jax.pmap(
-                make_chunk_fn(model, loss_fn, optimizer, "data"), axis_name="data", in_axes=(0, None, None, 0, 0),
+                make_chunk_fn(model, loss_fn, optimizer, "data"), axis_name="data", in_axes=(0, 0, 0, 0, 0),
                 devices=self.devices, donate_argnums=0,
             )
         elif strategy == "sharding":
@@ -126,8 +126,9 @@ class Runner:
     def put_data(self, *arrays):
         if self.strategy == "sharding":
             return tuple(jax.device_put(a, self._replicated) for a in arrays)
-        if self.strategy == "pmap":
-            return tuple(jax.device_put(a, self.devices[0]) for a in arrays)  # broadcast by in_axes=None
+        if self.strategy == "pmap":  # one copy per device, made once: an unmapped argument would be copied every call
+            replicate = jax.pmap(lambda a: a, devices=self.devices)
+            return tuple(replicate(np.broadcast_to(a, (self.num_devices,) + a.shape)) for a in arrays)
         return tuple(jax.device_put(a, self.devices[0]) for a in arrays)
 
     def put_state(self, state: TrainState):

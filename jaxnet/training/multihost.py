@@ -11,10 +11,3 @@ def initialize() -> None:
     on_tpu_pod = os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
     if explicit or on_tpu_pod:
         jax.distributed.initialize()  # reads the coordinator, process count and id from the environment
-
-
-def process_shard(num_examples: int) -> slice:
-    """The part of a dataset this host reads: an equal contiguous share per process."""
-    per = num_examples // jax.process_count()
-    start = jax.process_index() * per
-    return slice(start, start + per)
