@@ -266,3 +266,37 @@ def test_resuming_with_another_chunk_size_is_refused_if_it_would_misplace_the_da
     lines = []  # a chunk size that divides the position resumes
     trainer.train_and_evaluate(small_config(**{"steps_per_chunk": 2}), str(tmp_path), dataset=dataset, log=lines.append, progress=False)
     assert any("(epoch 1, step 8 of it)" in line for line in lines)
+
+
+def _rows(config, tmp_path, dataset=None):
+    trainer.train_and_evaluate(config, str(tmp_path), dataset=dataset or toy_dataset(), log=lambda s: None, progress=False)
+    return _history(tmp_path)
+
+
+def test_step_cosine_and_momentum_schedules_reach_the_optimizer(tmp_path):
+    import optax
+
+    from jaxnet import optim
+
+    S = 16  # steps per epoch: 1024 / 64
+    rows = _rows(small_config(**{"epochs": 4, "schedule.name": "step", "schedule.step_epochs": 1, "schedule.step_factor": 0.5}), tmp_path / "step")
+    # Each row shows the rate of the epoch's last update, made at count e S - 1.
+    assert [r["learning_rate"] for r in rows] == pytest.approx([0.01 * 0.5 ** ((e * S - 1) // S) for e in (1, 2, 3, 4)], rel=1e-6)
+    rows = _rows(small_config(**{"epochs": 4, "schedule.name": "cosine", "schedule.warmup_epochs": 1}), tmp_path / "cosine")
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 0.01, S, 4 * S)
+    assert [r["learning_rate"] for r in rows] == pytest.approx([float(schedule(e * S - 1)) for e in (1, 2, 3, 4)], rel=1e-5, abs=1e-9)
+    rows = _rows(small_config(**{"epochs": 3, "optimizer.name": "momentum", "optimizer.momentum_schedule": "sutskever", "steps_per_chunk": 8}), tmp_path / "mu")
+    assert [r["momentum"] for r in rows] == pytest.approx([float(optim.sutskever_momentum(e * S - 1)) for e in (1, 2, 3)], rel=1e-6)
+
+
+def test_plateau_divides_the_learning_rate_after_epochs_without_progress(tmp_path):
+    dataset = toy_dataset(noise=3.0)  # so noisy that the validation error stalls and wanders
+    rows = _rows(small_config(**{"epochs": 6, "schedule.name": "plateau", "schedule.plateau_patience": 1}), tmp_path, dataset)
+    best, lr = float("inf"), 0.01
+    for row in rows:
+        assert row["learning_rate"] == pytest.approx(lr, rel=1e-6)
+        if row["val_error"] < best:
+            best = row["val_error"]
+        else:
+            lr *= 0.1  # the epoch without progress divides the next epoch's rate by 10
+    assert any(r["learning_rate"] < 0.01 for r in rows), "the run never stalled: make the data noisier"
