@@ -205,12 +205,13 @@ def test_relu_derivative_conventions_at_exactly_zero():
 def test_relu_maxpool_notes_jacobian_with_ties_and_zero_activations(key):
     k1, k2 = jax.random.split(key)
     W = jax.random.normal(k1, (6, 3))
+    W = W.at[4].set(W[3])  # units 3 and 4 compute the same activation: an exact max-pooling tie
     x = jax.random.normal(k2, (3,))
     a = W @ x
-    # Biases chosen so that: unit 0 sits exactly at a = 0, units 1 and 2 are negative (ReLU ties at 0),
-    # units 3 and 4 share the same positive activation (a max-pooling tie).
-    target = jnp.array([0.0, -1.0, -2.0, 1.5, 1.5, 0.7])
-    params = {"W": W, "b": target - a}
+    # Biases chosen so that: unit 0 sits at a = 0 (x + (-x) is exactly 0), units 1 and 2 are negative (ReLU ties at 0),
+    # units 3 and 4 tie at the same positive activation.
+    b = jnp.array([-a[0], -1.0 - a[1], -2.0 - a[2], 1.5 - a[3], 1.5 - a[3], 0.7 - a[5]])  # a_3 = a_4 bit for bit
+    params = {"W": W, "b": b}
     windows = jnp.array([[1, 2, 0], [0, 1, 2], [3, 4, 5], [5, 4, 3]])
     J_w, J_x = L.relu_maxpool_jacobians(params, x, windows)
     ref_x = jax.jacrev(lambda x_: L.relu_maxpool(params, x_, windows))(x)
@@ -222,9 +223,10 @@ def test_relu_maxpool_notes_jacobian_with_ties_and_zero_activations(key):
     np.testing.assert_array_equal(J_x[0], 0)
     # Window [0, 1, 2]: unit 0 (a = 0 exactly) wins; the notes' ReLU rule gives derivative 1, so d x / d x_prev = W_0.
     np.testing.assert_allclose(J_x[1], W[0], rtol=1e-14)
-    # Windows [3, 4, 5] and [5, 4, 3]: units 3 and 4 tie; the first listed wins in each.
-    np.testing.assert_allclose(J_x[2], W[3], rtol=1e-14)
-    np.testing.assert_allclose(J_x[3], W[4], rtol=1e-14)
+    # Windows [3, 4, 5] and [5, 4, 3]: units 3 and 4 tie; the first listed wins, as d x / d b's delta shows.
+    np.testing.assert_array_equal(J_w["b"][2], jnp.eye(6)[3])
+    np.testing.assert_array_equal(J_w["b"][3], jnp.eye(6)[4])
+    np.testing.assert_allclose(J_w["W"][2, 3], x, rtol=1e-14)  # delta_{q q^} h'(a_q^) x_j with q^ = 3
 
 
 def test_dropout_keeps_the_expected_output_under_both_scalings(key):
