@@ -130,7 +130,8 @@ def test_rerunning_a_finished_workdir_resumes_instead_of_retraining(tmp_path):
     assert second["test_accuracy"] == first["test_accuracy"] and second["epochs_run"] == first["epochs_run"]
 
 
-def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signal_at_chunk", [7, 4])  # 4 chunks per epoch: mid-epoch 2, and epoch 1's last chunk
+def test_interrupted_run_resumes_to_the_same_parameters(signal_at_chunk, tmp_path, monkeypatch):
     dataset = toy_dataset()
     config = small_config(**{"epochs": 3, "checkpoint.every_chunks": 1, "model.dropout": 0.3})
     reference = trainer.train_and_evaluate(config, str(tmp_path / "straight"), dataset=dataset, log=lambda s: None, progress=False)
@@ -141,7 +142,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
 
     def run_then_signal(self, *args):
         calls["n"] += 1
-        if calls["n"] == 7:
+        if calls["n"] == signal_at_chunk:
             os.kill(os.getpid(), 15)
         return real_run_chunk(self, *args)
 
@@ -152,6 +153,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
     resumed = trainer.train_and_evaluate(config, str(tmp_path / "resumed"), dataset=dataset, log=lambda s: None, progress=False)
     assert resumed["test_loss"] == reference["test_loss"]  # bit-identical parameters give bit-identical losses
     assert [r["train_risk"] for r in _history(tmp_path / "resumed")][-1] == [r["train_risk"] for r in _history(tmp_path / "straight")][-1]
+    assert all(np.isfinite(r["train_risk"]) for r in _history(tmp_path / "resumed"))  # no epoch lost its risks
 
 
 def _history(workdir):

@@ -29,7 +29,7 @@ class Report:
 
     def start_epoch(self, epoch: int, epochs: int, examples: int) -> None:
         if not self._header_done:
-            self.log("  ".join(name.rjust(len(fmt.format(0) if "%" not in fmt else fmt.format(0.0))) for name, fmt in COLUMNS))
+            self.log("  ".join(name.rjust(len(fmt.format(0.0))) for name, fmt in COLUMNS))
             self._header_done = True
         self._seen, self._tic = 0, time.perf_counter()
         if self.progress:

@@ -85,6 +85,12 @@ def setup(config, log=print, dataset=None):
     return dataset, model, loss_fn, optimizer, state
 
 
+def _stop(received, host_state, report, checkpoints):
+    report.close()
+    checkpoints.close()
+    raise Interrupted(f"signal {received[0]}: saved at step {int(host_state.step)}; run the same command to resume")
+
+
 def _copy(tree):
     return jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), tree)
 
@@ -164,13 +170,11 @@ def train_and_evaluate(config, workdir: str, *, log=print, dataset=None, devices
                 risks.extend(chunk_risks.tolist())
                 report.advance(int(plan.weights[c, :real].sum()), float(np.mean(chunk_risks)))
                 every = config.checkpoint.every_chunks
-                interrupted = bool(received)
-                if interrupted or (every and (c + 1) % every == 0 and c + 1 < plan.indices.shape[0]):
+                last_chunk = c + 1 == plan.indices.shape[0]  # a signal here waits for the epoch's own save
+                if not last_chunk and (received or (every and (c + 1) % every == 0)):
                     save(runner.host_state(device_state), {**record, "epoch": epoch, "step_in_epoch": (c + 1) * chunk_steps})
-                if interrupted:
-                    report.close()
-                    checkpoints.close()
-                    raise Interrupted(f"signal {received[0]}: saved at step {int(runner.host_state(device_state).step)}; run the same command to resume")
+                if received and not last_chunk:
+                    _stop(received, runner.host_state(device_state), report, checkpoints)
 
             host = runner.host_state(device_state)
             val_loss, val_error, _ = evaluate(host.params, val.images, val.labels)
@@ -197,6 +201,8 @@ def train_and_evaluate(config, workdir: str, *, log=print, dataset=None, devices
             epoch += 1
             record.update(epoch=epoch, step_in_epoch=0)
             save(host, record)
+            if received and epoch < config.epochs and record["stopped"] is None:
+                _stop(received, host, report, checkpoints)
 
     test_loss, test_error, confusion = evaluate(best_params, dataset.test.images, dataset.test.labels)
     summary = {
