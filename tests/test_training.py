@@ -302,3 +302,16 @@ def test_plateau_divides_the_learning_rate_after_epochs_without_progress(tmp_pat
         else:
             lr *= 0.1  # the epoch without progress divides the next epoch's rate by 10
     assert any(r["learning_rate"] < 0.01 for r in rows), "the run never stalled: make the data noisier"
+
+
+def test_momentum_column_is_mu_beta1_or_zero_as_the_optimizer_uses(tmp_path):
+    config = small_config(**{"epochs": 1, "optimizer.momentum": 0.7, "optimizer.b1": 0.8})
+    for name, expected in (("sgd", 0.0), ("momentum", 0.7), ("nesterov", 0.7), ("adam", 0.8)):
+        config.optimizer.name = name
+        assert _rows(config, tmp_path / name)[0]["momentum"] == pytest.approx(expected)
+
+
+def test_a_validation_size_larger_than_the_data_names_the_config_key():
+    config = small_config(**{"dataset.name": "digits", "dataset.validation_size": 5000.0})
+    with pytest.raises(config_lib.ConfigError, match=r"config.dataset.validation_size=5000 is not allowed.*< 1438"):
+        trainer.setup(config, log=lambda s: None)

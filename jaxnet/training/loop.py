@@ -10,6 +10,7 @@ batch across devices changes nothing but where the sum is computed.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -49,70 +50,103 @@ def epoch_plan(num_examples: int, batch_size: int, steps_per_chunk: int, seed: i
     return EpochPlan(indices.reshape(shape), weights.reshape(shape), steps)
 
 
-def make_chunk_fn(model, loss_fn, optimizer, axis_name: str | None = None):
-    """(state, images, labels, indices (K, B), weights (K, B)) -> (state, per-step risks (K,)), unjitted."""
+def make_chunk_fn(model, loss_fn, optimizer, axis_name: str | None = None, fed: bool = False):
+    """The unjitted chunk of steps: (state, data..., weights (K, B)) -> (state, per-step risks (K,)).
 
-    def chunk(state, images, labels, indices, weights):
-        def step(state, batch):
-            idx, w = batch
-            total = jnp.sum(w)
-            if axis_name is not None:
-                total = jax.lax.psum(total, axis_name)
-            key = jax.random.fold_in(state.key, state.step)
-            if axis_name is not None:
-                key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    By default the data are the device-resident training set and the (K, B) indices of each step's
+    batch: (state, images, labels, indices, weights). With fed=True they are the batches themselves,
+    (state, xs (K, B, ...), ys (K, B), weights), as a multi-host run feeds them: each host supplies
+    its own slice of every global batch.
+    """
 
-            def risk(params):
-                per_sample = loss_fn(model.apply(params, images[idx], key=key), labels[idx])
-                return jnp.sum(per_sample * w.astype(per_sample.dtype)) / jnp.maximum(total, 1.0)
+    def step_on(state, x, y, w):
+        total = jnp.sum(w)
+        if axis_name is not None:
+            total = jax.lax.psum(total, axis_name)
+        key = jax.random.fold_in(state.key, state.step)
+        if axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
 
-            value, grads = jax.value_and_grad(risk)(state.params)
-            if axis_name is not None:  # each device holds part of the sum: add them
-                value, grads = jax.lax.psum((value, grads), axis_name)
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-            new = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state, state.key)
-            keep = total > 0
-            new = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
-            return new, jnp.where(keep, value, jnp.nan)
+        def risk(params):
+            per_sample = loss_fn(model.apply(params, x, key=key), y)
+            return jnp.sum(per_sample * w.astype(per_sample.dtype)) / jnp.maximum(total, 1.0)
 
+        value, grads = jax.value_and_grad(risk)(state.params)
+        if axis_name is not None:  # each device holds part of the sum: add them
+            value, grads = jax.lax.psum((value, grads), axis_name)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state, state.key)
+        keep = total > 0
+        new = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
+        return new, jnp.where(keep, value, jnp.nan)
+
+    def scan(step, state, xs, steps):
         # XLA on CPU runs a convolution inside a while loop ~15x slower than outside one (measured:
         # 735 vs 45 ms per step of the default CNN), so there the chunk is unrolled; accelerators keep the loop.
-        unroll = indices.shape[0] if jax.default_backend() == "cpu" else 1
-        return jax.lax.scan(step, state, (indices, weights), unroll=unroll)
+        unroll = steps if jax.default_backend() == "cpu" else 1
+        return jax.lax.scan(step, state, xs, unroll=unroll)
+
+    if fed:
+        def chunk(state, xs, ys, weights):
+            return scan(lambda s, b: step_on(s, *b), state, (xs, ys, weights), weights.shape[0])
+    else:
+        def chunk(state, images, labels, indices, weights):
+            step = lambda s, b: step_on(s, images[b[0]], labels[b[0]], b[1])  # noqa: E731
+            return scan(step, state, (indices, weights), indices.shape[0])
 
     return chunk
 
 
 class Runner:
-    """Runs chunks on the devices the strategy names, and hands back host-side views of the state."""
+    """Runs chunks on the devices the strategy names, and hands back host-side views of the state.
+
+    In one process the training set lives on the device(s) and each chunk receives only indices.
+    With several processes (`jax.distributed`), every host keeps the training set in its own
+    memory and feeds its own contiguous slice of each global batch, which the devices of the
+    other hosts never see; the global batch, and so the result, is the one a single device gets.
+    """
 
     def __init__(self, strategy: str, model, loss_fn, optimizer, devices=None):
         self.strategy = strategy
-        self.devices = list(devices or jax.local_devices())
+        self.process_count, self.process_index = jax.process_count(), jax.process_index()
+        self.multi_process = self.process_count > 1
+        if self.multi_process and strategy == "single":
+            raise ValueError(
+                f"devices.strategy='single' trains on one device, but this job has {self.process_count} processes: "
+                "use 'sharding' or 'pmap', or start one process"
+            )
+        chunk = functools.partial(make_chunk_fn, model, loss_fn, optimizer, fed=self.multi_process)
+        if strategy == "sharding" and self.multi_process:
+            self.devices = list(devices or jax.devices())  # the mesh spans every host
+        else:
+            self.devices = list(devices or jax.local_devices())
         if strategy == "single":
             self.devices = self.devices[:1]
-            self._chunk = jax.jit(make_chunk_fn(model, loss_fn, optimizer), donate_argnums=0)
+            self._chunk = jax.jit(chunk(), donate_argnums=0)
         elif strategy == "pmap":
+            arity = 4 if self.multi_process else 5
             self._chunk = jax.pmap(
-                make_chunk_fn(model, loss_fn, optimizer, "data"), axis_name="data", in_axes=(0, 0, 0, 0, 0),
-                devices=self.devices, donate_argnums=0,
+                chunk(axis_name="data"), axis_name="data", in_axes=(0,) * arity,
+                devices=None if self.multi_process else self.devices, donate_argnums=0,
             )
         elif strategy == "sharding":
             self.mesh = Mesh(np.array(self.devices), ("data",))
             replicated = NamedSharding(self.mesh, P())
             by_batch = NamedSharding(self.mesh, P(None, "data"))
             self._replicated, self._by_batch = replicated, by_batch
+            data = (by_batch, by_batch) if self.multi_process else (replicated, replicated)
             self._chunk = jax.jit(
-                make_chunk_fn(model, loss_fn, optimizer),
-                in_shardings=(replicated, replicated, replicated, by_batch, by_batch),
-                out_shardings=(replicated, replicated),
-                donate_argnums=0,
+                chunk(), in_shardings=(replicated, *data, by_batch, by_batch)[: 4 if self.multi_process else 5],
+                out_shardings=(replicated, replicated), donate_argnums=0,
             )
         else:
             raise ValueError(f"devices.strategy must be 'single', 'pmap' or 'sharding', got {strategy!r}")
 
     @property
     def num_devices(self) -> int:
+        """Devices the global batch is split over, on every host."""
+        if self.strategy == "pmap" and self.multi_process:
+            return jax.device_count()
         return len(self.devices)
 
     def check_batch(self, batch_size: int, num_examples: int) -> None:
@@ -124,6 +158,8 @@ class Runner:
             )
 
     def put_data(self, *arrays):
+        if self.multi_process:  # each host gathers its own slice of every batch from host memory
+            return tuple(np.asarray(a) for a in arrays)
         if self.strategy == "sharding":
             return tuple(jax.device_put(a, self._replicated) for a in arrays)
         if self.strategy == "pmap":  # one copy per device, made once: an unmapped argument would be copied every call
@@ -132,25 +168,48 @@ class Runner:
         return tuple(jax.device_put(a, self.devices[0]) for a in arrays)
 
     def put_state(self, state: TrainState):
-        if self.strategy == "pmap":  # one copy per device along a leading axis; pmap places them
-            return jax.tree_util.tree_map(lambda a: np.broadcast_to(np.asarray(a), (self.num_devices,) + np.shape(a)), state)
+        if self.strategy == "pmap":  # one copy per local device along a leading axis; pmap places them
+            local = jax.local_device_count() if self.multi_process else self.num_devices
+            return jax.tree_util.tree_map(lambda a: np.broadcast_to(np.asarray(a), (local,) + np.shape(a)), state)
+        if self.strategy == "sharding" and self.multi_process:  # every host holds the same state: it supplies all of it
+            return jax.tree_util.tree_map(lambda a: jax.make_array_from_process_local_data(self._replicated, np.asarray(a)), state)
         if self.strategy == "sharding":
             return jax.device_put(state, self._replicated)
         return jax.device_put(state, self.devices[0])
 
     def host_state(self, state) -> TrainState:
-        """One copy of the state, as it is on the first device."""
+        """One copy of the state, as it is on this host's first device (in host memory, for a multi-host job)."""
+        if self.multi_process:  # orbax saves host arrays from process 0 only; other hosts' devices are out of reach
+            per_device = self.strategy == "pmap"
+            return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)).reshape(a.shape[per_device:]), state)
         if self.strategy == "pmap":
             return jax.tree_util.tree_map(lambda a: a[0], state)
         return state
 
     def run_chunk(self, state, images, labels, indices, weights):
+        if self.multi_process:
+            return self._run_fed_chunk(state, images, labels, indices, weights)
         if self.strategy == "pmap":
             d = self.num_devices
             split = lambda a: np.moveaxis(a.reshape(a.shape[0], d, -1), 1, 0)  # noqa: E731  (K, B) -> (D, K, B/D)
             state, risks = self._chunk(state, images, labels, split(indices), split(weights))
             return state, risks[0]
         return self._chunk(state, images, labels, indices, weights)
+
+    def _run_fed_chunk(self, state, images, labels, indices, weights):
+        """This host's columns of the (K, B) batch grid, gathered here and assembled into global batches."""
+        width = indices.shape[1] // self.process_count
+        columns = slice(self.process_index * width, (self.process_index + 1) * width)
+        idx, w = indices[:, columns], weights[:, columns]
+        local = (images[idx], labels[idx], w)
+        if self.strategy == "pmap":  # (K, b, ...) -> (local devices, K, b / local devices, ...)
+            d = jax.local_device_count()
+            split = lambda a: np.moveaxis(a.reshape(a.shape[0], d, -1, *a.shape[2:]), 1, 0)  # noqa: E731
+            state, risks = self._chunk(state, *map(split, local))
+            return state, risks[0]
+        batches = [jax.make_array_from_process_local_data(self._by_batch, a) for a in local]
+        state, risks = self._chunk(state, *batches)
+        return state, risks.addressable_data(0)
 
 
 def make_evaluate(model, loss_fn, num_classes: int, batch_size: int = 1000):

@@ -13,12 +13,15 @@ COLUMNS = (("epoch", "{:>5}"), ("train risk", "{:>10.4f}"), ("val loss", "{:>9.4
 
 
 class Report:
-    def __init__(self, workdir: str, progress: bool = True, log=print):
-        self.workdir, self.log = workdir, log
+    def __init__(self, workdir: str, progress: bool = True, log=print, write_files: bool = True):
+        self.workdir, self.log, self.write_files = workdir, log, write_files
         self.progress = progress and sys.stderr.isatty()
         self.compile_seconds = None
         self._bar = None
         self._header_done = False
+        self._metrics = self._tb = None
+        if not write_files:  # another host of a multi-host job writes them
+            return
         self._metrics = open(os.path.join(workdir, "metrics.jsonl"), "a")
         try:
             from tensorboardX import SummaryWriter
@@ -52,14 +55,18 @@ class Report:
         if row["epoch"] == 1 and self.compile_seconds is not None:
             line += f"   (first chunk incl. compilation: {self.compile_seconds:.1f} s)"
         self.log(line)
-        self._metrics.write(json.dumps(row) + "\n")
-        self._metrics.flush()
+        if self._metrics is not None:
+            self._metrics.write(json.dumps(row) + "\n")
+            self._metrics.flush()
         if self._tb is not None:
             for key in ("train_risk", "val_loss", "val_error", "learning_rate", "momentum"):
                 self._tb.add_scalar(key, row[key], row["step"])
             self._tb.flush()
 
     def finish(self, summary: dict, history: list) -> None:
+        if not self.write_files:
+            self.close()
+            return
         with open(os.path.join(self.workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         plot_learning_curves(history, os.path.join(self.workdir, "learning_curves.png"))
@@ -72,7 +79,8 @@ class Report:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        self._metrics.close()
+        if self._metrics is not None:
+            self._metrics.close()
         if self._tb is not None:
             self._tb.close()
 

@@ -64,7 +64,12 @@ def _load_data(config, log):
     size = d.validation_size
     if size >= 1 and float(size).is_integer():  # ml_collections keeps the field's float type: 5000 arrives as 5000.0
         size = int(size)
-    return load_dataset(d.name, data_dir=d.data_dir or None, validation_size=size, seed=config.seed, log=log)
+    try:
+        return load_dataset(d.name, data_dir=d.data_dir or None, validation_size=size, seed=config.seed, log=log)
+    except ValueError as error:
+        if str(error).startswith("validation_size"):  # say which config key it is
+            raise config_lib.ConfigError(f"config.dataset.{error}") from None
+        raise
 
 
 def setup(config, log=print, dataset=None):
@@ -92,12 +97,15 @@ def _stop(received, host_state, report, checkpoints):
 
 
 def _copy(tree):
-    return jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), tree)
+    # numpy stays numpy: a multi-host run checkpoints host arrays, which orbax writes once from process 0
+    return jax.tree_util.tree_map(lambda a: np.array(a) if isinstance(a, np.ndarray) else jnp.array(a, copy=True), tree)
 
 
-def _hyperparams(state) -> tuple[float, float]:
+def _hyperparams(state, optimizer_config) -> tuple[float, float]:
+    """The learning rate and momentum in use: mu for momentum and Nesterov, beta1 for Adam, 0 for SGD."""
     hp = state.opt_state.hyperparams
-    return float(hp["learning_rate"]), float(hp["momentum"])
+    momentum = {"sgd": 0.0, "adam": optimizer_config.b1}.get(optimizer_config.name, hp["momentum"])
+    return float(hp["learning_rate"]), float(momentum)
 
 
 def _set_learning_rate(state, value):
@@ -109,20 +117,25 @@ def _set_learning_rate(state, value):
 def train_and_evaluate(config, workdir: str, *, log=print, dataset=None, devices=None, progress: bool = True) -> dict:
     """Train config in workdir (resuming if it holds checkpoints); returns the summary also written to summary.json."""
     os.makedirs(workdir, exist_ok=True)
+    primary = jax.process_index() == 0  # in a multi-host job the hosts share the workdir; one writes the reports
+    if not primary:
+        log = lambda *args, **kwargs: None  # noqa: E731
     dataset, model, loss_fn, optimizer, state = setup(config, log, dataset)
     runner = Runner(config.devices.strategy, model, loss_fn, optimizer, devices)
+    if runner.multi_process:
+        state = jax.tree_util.tree_map(np.asarray, state)
     train, val = dataset.train, dataset.validation
     runner.check_batch(config.batch_size, len(train.labels))
     evaluate = make_evaluate(model, loss_fn, dataset.num_classes)
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
-    report = Report(workdir, progress=progress, log=log)
+    report = Report(workdir, progress=progress and primary, log=log, write_files=primary)
 
     record = {"epoch": 0, "step_in_epoch": 0, "best_error": None, "best_epoch": None, "bad_epochs": 0, "history": [], "stopped": None}
     best_params = _copy(state.params)
     if checkpoints.latest_step() is not None:
         state, best_params, record = checkpoints.restore(state, best_params)
         log(f"resuming from {checkpoints.directory} at step {int(state.step)} (epoch {record['epoch'] + 1}, step {record['step_in_epoch']} of it)")
-    else:
+    elif primary:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     log(
@@ -178,7 +191,7 @@ def train_and_evaluate(config, workdir: str, *, log=print, dataset=None, devices
 
             host = runner.host_state(device_state)
             val_loss, val_error, _ = evaluate(host.params, val.images, val.labels)
-            lr, mu = _hyperparams(host)
+            lr, mu = _hyperparams(host, config.optimizer)
             row = {
                 "epoch": epoch + 1, "step": int(host.step), "train_risk": float(np.mean(risks)) if risks else float("nan"),
                 "val_loss": val_loss, "val_error": val_error, "learning_rate": lr, "momentum": mu,
