@@ -9,11 +9,15 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
-from ml_collections import config_flags
-
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)  # so configs can import each other (configs/tpu.py builds on configs/cifar10.py)
+
+from jaxnet.training import xla_cpu  # noqa: E402
+
+xla_cpu.prefer_xla_convolutions()  # before JAX starts: see jaxnet/training/xla_cpu.py
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "default.py"), "Training config file.")
 flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, plots. Default: a fresh runs/<config>-<time>.")

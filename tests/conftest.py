@@ -12,6 +12,10 @@ import zlib
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from jaxnet.training import xla_cpu  # noqa: E402
+
+xla_cpu.prefer_xla_convolutions()  # the XLA:CPU setting train.py uses, so the tests run what users run
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

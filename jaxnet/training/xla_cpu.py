@@ -1,0 +1,31 @@
+"""An XLA:CPU setting that train.py and the benchmark apply before JAX starts: convolutions off YNNPACK.
+
+In jaxlib 0.10, XLA:CPU hands each convolution to YNNPACK, which ran on one of this machine's two
+cores: the default CNN's step took 45-49 ms. With convolutions left to XLA's own emitter it takes
+32 ms, and the chunk compiles in 1.5 s instead of 3-6 s (bench/README.md). The flag is
+experimental and an unknown flag stops XLA at start-up, so it is set only for the jaxlib series
+it was measured on, and never over a value the user chose.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+
+FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+MEASURED_SERIES = ("0.10.",)
+
+
+def prefer_xla_convolutions(environ=os.environ) -> bool:
+    """Append FLAG to XLA_FLAGS (call before JAX's first computation); returns whether it was added."""
+    flags = environ.get("XLA_FLAGS", "")
+    if "ynn_fusion_type" in flags:  # the user's own choice wins
+        return False
+    try:
+        jaxlib_version = metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        return False
+    if not jaxlib_version.startswith(MEASURED_SERIES):
+        return False
+    environ["XLA_FLAGS"] = f"{flags} {FLAG}".strip()
+    return True
