@@ -140,11 +140,9 @@ class Runner:
             replicated = NamedSharding(self.mesh, P())
             by_batch = NamedSharding(self.mesh, P(None, "data"))
             self._replicated, self._by_batch = replicated, by_batch
-            data = (by_batch, by_batch) if self.multi_process else (replicated, replicated)
-            self._chunk = jax.jit(
-                chunk(), in_shardings=(replicated, *data, by_batch, by_batch)[: 4 if self.multi_process else 5],
-                out_shardings=(replicated, replicated), donate_argnums=0,
-            )
+            # fed: (state, xs, ys, weights), all split by batch; else (state, images, labels, indices, weights)
+            data = (by_batch,) * 3 if self.multi_process else (replicated, replicated, by_batch, by_batch)
+            self._chunk = jax.jit(chunk(), in_shardings=(replicated, *data), out_shardings=(replicated, replicated), donate_argnums=0)
         else:
             raise ValueError(f"devices.strategy must be 'single', 'pmap' or 'sharding', got {strategy!r}")
 

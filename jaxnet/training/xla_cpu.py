@@ -1,8 +1,8 @@
 """An XLA:CPU setting that train.py and the benchmark apply before JAX starts: convolutions off YNNPACK.
 
 In jaxlib 0.10, XLA:CPU hands each convolution to YNNPACK, which ran on one of this machine's two
-cores: the default CNN's step took 45-49 ms. With convolutions left to XLA's own emitter it takes
-32 ms, and the chunk compiles in 1.5 s instead of 3-6 s (bench/README.md). The flag is
+cores: the default CNN's step took 47-54 ms. With convolutions left to XLA's own emitter it takes
+30-33 ms (measured in separate processes, chunks of 1, 2 and 10 steps; compile times unchanged). The flag is
 experimental and an unknown flag stops XLA at start-up, so it is set only for the jaxlib series
 it was measured on, and never over a value the user chose.
 """
