@@ -247,6 +247,33 @@ def test_every_shipped_config_is_valid_and_builds(name):
     assert out == (10,)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_initial_state_compiled_in_one_cheap_program_equals_the_eager_initialisers(dtype, key):
+    from jaxnet.models import build_model
+    from jaxnet.training.optimizers import build_optimizer
+
+    config = base_config()
+    config.model.kind, config.model.channels, config.model.hidden = "cnn", (4, 8), (16,)
+    model = build_model(config.model, 10)
+    seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+    with jax.enable_x64(dtype == "float64"):
+        init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+        _, params = model.init(init_key, (12, 12, 1))
+        optimizer = build_optimizer(config, 10, params)
+        state = trainer.initial_state(model, optimizer, seed, (12, 12, 1))
+        expected = optimizer.init(params)
+    assert int(state.step) == 0
+    np.testing.assert_array_equal(jax.random.key_data(state.key), jax.random.key_data(dropout_key))
+    eps = np.finfo(dtype).eps
+    for ours, eager in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(params), strict=True):
+        assert ours.dtype == eager.dtype == dtype and ours.shape == eager.shape
+        # the same random bits; only the float transform to normals may round differently (an ulp or so)
+        np.testing.assert_allclose(ours, eager, rtol=8 * eps, atol=8 * eps * float(np.max(np.abs(eager))))
+    assert jax.tree_util.tree_structure(state.opt_state) == jax.tree_util.tree_structure(expected)
+    for ours, eager in zip(jax.tree_util.tree_leaves(state.opt_state), jax.tree_util.tree_leaves(expected), strict=True):
+        np.testing.assert_array_equal(ours, eager)
+
+
 def test_resuming_with_another_chunk_size_is_refused_if_it_would_misplace_the_data(tmp_path, monkeypatch):
     dataset = toy_dataset()
     config = small_config(**{"checkpoint.every_chunks": 1})
