@@ -44,7 +44,9 @@ xla_cpu.prefer_xla_convolutions()  # as train.py does; the Flax rows run under t
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from jaxnet import shapes  # noqa: E402
 from jaxnet.data import Dataset, Split, load_dataset  # noqa: E402
+from jaxnet.models import build_model  # noqa: E402
 from jaxnet.training import trainer  # noqa: E402
 from jaxnet.training.loop import Runner, epoch_plan, make_evaluate  # noqa: E402
 
@@ -52,6 +54,7 @@ IMPLEMENTATIONS = ("jaxnet", "flax", "torch", "flax_scan")  # flax_scan: opt-in,
 TORCH_MISSING = "PyTorch is not installed: run `pip install torch==2.13.0` (or `pip install -e '.[bench]'`), or pass --impls jaxnet,flax"
 VALIDATION_SIZE = 5000  # held out as configs/default.py does, so every row trains on the same 55,000 images
 QUICK_TRAIN, QUICK_TEST = 8192, 1000  # --quick trains on this many images and tests on this many
+MATMUL_N = 2048  # the matrix product whose rate is the machine's ceiling in the table
 
 
 # ------------------------------------------------------------------------------------------------------------- rows
@@ -562,9 +565,31 @@ def throughput(impl: Implementation, steps: int, repeat: int) -> float:
     return steps * impl.batch / (time.perf_counter() - tic)
 
 
+def training_flops_per_example(config, dataset: Dataset) -> int:
+    """Multiply-adds x 2 of one training example: forward, weight gradients, and input gradients but the first layer's."""
+    macs = shapes.multiply_adds(build_model(config.model, dataset.num_classes), dataset.input_shape)
+    return 2 * (3 * sum(macs) - next(m for m in macs if m))
+
+
+def matmul_gflops(n: int, repeats: int = 5) -> float:
+    """This machine's float32 rate on one large matrix product in XLA (best of `repeats`): the ceiling for the rows' arithmetic."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    product = jax.jit(lambda a: a @ a)
+    product(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        for _ in range(3):
+            out = product(a)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - tic) / 3)
+    return 2 * n**3 / best / 1e9
+
+
 def run_row(row: Row, dataset: Dataset, impls: list[str], seeds: list[int], repeats: int, log) -> dict:
     """Time-to-accuracy for each implementation and seed, then interleaved throughput repeats."""
     config = row.config()
+    flops = training_flops_per_example(config, dataset)
     n = len(dataset.train)
     if row.eval_every % config.steps_per_chunk or row.throughput_steps % config.steps_per_chunk:
         raise ValueError(f"{row.name}: eval_every and throughput_steps must be multiples of steps_per_chunk={config.steps_per_chunk}")
@@ -596,6 +621,7 @@ def run_row(row: Row, dataset: Dataset, impls: list[str], seeds: list[int], repe
         r = results[name]
         r["examples_per_s_median"] = statistics.median(r["examples_per_s"])
         r["examples_per_s_best"] = max(r["examples_per_s"])  # the least disturbed repeat, if the machine was not idle
+        r["gflops"] = r["examples_per_s_median"] * flops / 1e9
         times = [t["seconds"] for t in r["tta"] if t["reached"]]
         r["tta_reached"] = f"{len(times)}/{len(r['tta'])}"
         r["tta_seconds_median"] = statistics.median(times) if len(times) == len(r["tta"]) else None
@@ -609,6 +635,7 @@ def run_row(row: Row, dataset: Dataset, impls: list[str], seeds: list[int], repe
     return {
         "summary": row.summary, "batch_size": config.batch_size, "target_accuracy": row.target, "eval_every_steps": row.eval_every,
         "jaxnet_steps_per_chunk": config.steps_per_chunk, "throughput_steps": row.throughput_steps, "train_examples": n,
+        "training_flops_per_example": flops,
         "test_examples": len(dataset.test), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "implementations": results, "speedups": ratios,
     }
@@ -619,7 +646,8 @@ def run_row(row: Row, dataset: Dataset, impls: list[str], seeds: list[int], repe
 
 def format_table(results: dict) -> str:
     """The rows as a fixed-width table; speed-ups > 1 mean jaxnet is faster."""
-    lines = [f"{'row':<9} {'impl':<10} {'batch':>5} {'examples/s':>12} {'time-to-acc':>13} {'at step':>8} {'last eval':>9}"]
+    peak = results["machine"].get("matmul_gflops")
+    lines = [f"{'row':<9} {'impl':<10} {'batch':>5} {'examples/s':>12} {'GFLOP/s':>8} {'time-to-acc':>13} {'at step':>8} {'last eval':>9}"]
     for name, row in results["rows"].items():
         lines.append("-" * len(lines[0]))
         for impl, r in row["implementations"].items():
@@ -631,13 +659,18 @@ def format_table(results: dict) -> str:
             step = f"{int(statistics.median(steps))}" if steps else "-"
             final = statistics.median(t["final_accuracy"] for t in r["tta"])
             label = name if impl == next(iter(row["implementations"])) else ""
-            lines.append(f"{label:<9} {impl:<10} {row['batch_size']:>5} {r['examples_per_s_median']:>12,.0f} {tta:>13} {step:>8} {final:>9.2%}")
+            lines.append(
+                f"{label:<9} {impl:<10} {row['batch_size']:>5} {r['examples_per_s_median']:>12,.0f} {r['gflops']:>8.1f} {tta:>13} {step:>8} {final:>9.2%}"
+            )
         speedups = []
         for pair, s in row["speedups"].items():
             tta = f"{s['time_to_accuracy']:.2f}x" if s["time_to_accuracy"] else "n/a"
             speedups.append(f"{pair}: {s['throughput']:.2f}x throughput, {tta} time-to-acc")
         lines.append(f"{'':<9} target {row['target_accuracy']:.0%} test accuracy; jaxnet steps_per_chunk={row['jaxnet_steps_per_chunk']}")
         lines.extend(f"{'':<9} {s}" for s in speedups)
+    if peak:
+        lines.append("-" * len(lines[0]))
+        lines.append(f"GFLOP/s: training arithmetic done per second; one {MATMUL_N}x{MATMUL_N} float32 matmul in XLA runs at {peak:.0f} here")
     return "\n".join(lines)
 
 
@@ -705,7 +738,7 @@ def main(argv=None) -> dict:
         jnp.ones(8).sum().block_until_ready()  # the CPU client's start-up, charged to no row
         log = functools.partial(print, file=sys.stderr, flush=True)
         log(f"Fashion-MNIST: {len(dataset.train)} train / {len(dataset.test)} test images; {', '.join(args.impls)}")
-        results = {"machine": machine_info(args.impls), "quick": args.quick, "seeds": args.seeds, "repeats": args.repeats, "rows": {}}
+        results = {"machine": {**machine_info(args.impls), "matmul_gflops": matmul_gflops(MATMUL_N)}, "quick": args.quick, "seeds": args.seeds, "repeats": args.repeats, "rows": {}}
         for name in args.rows:
             row = quick_row(ROWS[name]) if args.quick else ROWS[name]
             results["rows"][name] = run_row(row, dataset, args.impls, args.seeds, args.repeats, log)

@@ -157,3 +157,30 @@ def network_receptive_field(network) -> tuple[int, int]:
             stack_h.append((kh, sh))
             stack_w.append((kw, sw))
     return receptive_field(stack_h), receptive_field(stack_w)
+
+
+def multiply_adds(network, input_shape) -> list[int]:
+    """Forward multiply-adds per example of each layer: d e for a Dense layer, H' W' k1 k2 C C' for a Conv2D, else 0.
+
+    Shapes are traced abstractly (`jax.eval_shape`), so no parameter is drawn. Training costs about
+    three times the sum (forward, weight gradients, input gradients), less the first weighted layer's
+    input gradient, which nothing needs.
+    """
+    import jax
+
+    from jaxnet.layers.base import forward_with_activations
+
+    layers = network.spec["layers"] if network.name == "serial" else (network,)
+    params = jax.eval_shape(lambda key: network.init(key, tuple(input_shape))[1], jax.random.PRNGKey(0))
+    params = params if network.name == "serial" else (params,)
+    x = jax.ShapeDtypeStruct((1, *input_shape), "float32")
+    outputs = jax.eval_shape(lambda p, x: forward_with_activations(layers, p, x), params, x)[1:]
+    counts = []
+    for layer, p, y in zip(layers, params, outputs):
+        if layer.name == "dense":
+            counts.append(int(np.prod(p["W"].shape)))
+        elif layer.name == "conv":
+            counts.append(int(np.prod(y.shape[1:3])) * int(np.prod(p["W"].shape)))
+        else:
+            counts.append(0)
+    return counts

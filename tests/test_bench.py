@@ -41,6 +41,15 @@ def test_quick_benchmark_compares_the_same_network_across_implementations(tmp_pa
             assert ratio["throughput"] == pytest.approx(runs["jaxnet"]["examples_per_s_median"] / runs[peer]["examples_per_s_median"])
         assert name in result.stdout
     assert rows["nielsen"]["implementations"]["jaxnet"]["parameters"] == 784 * 30 + 30 + 30 * 10 + 10
+    # training arithmetic per example: 3x the forward multiply-adds, less the first layer's unneeded input gradient, x 2
+    nielsen = [784 * 30, 30 * 10]
+    cnn = [28 * 28 * 9 * 1 * 32, 14 * 14 * 9 * 32 * 64, 7 * 7 * 64 * 128, 128 * 10]  # 3x3 'same' convs, 2x2 pools
+    for name, macs in (("nielsen", nielsen), ("cnn", cnn)):
+        assert rows[name]["training_flops_per_example"] == 2 * (3 * sum(macs) - macs[0])
+    for row in rows.values():
+        for r in row["implementations"].values():
+            assert r["gflops"] == pytest.approx(r["examples_per_s_median"] * row["training_flops_per_example"] / 1e9)
+    assert "GFLOP/s" in result.stdout
 
 
 def test_missing_torch_is_named_with_the_command_that_installs_it():

@@ -398,3 +398,31 @@ def test_network_receptive_field_matches_the_gradient_footprint(key):
     grad = jax.grad(lambda x: conv_part.apply(params[:4], x)[0, 3, 3, 0])(jnp.ones((1, 31, 31, 1)))[0, :, :, 0]
     rows, cols = np.nonzero(np.asarray(grad))
     assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == shapes.network_receptive_field(net)
+
+
+def test_multiply_adds_alexnet_first_layer_and_nielsen_mlp():
+    alexnet = Conv2D(96, 11, 4, ((2, 2), (2, 2)))
+    assert shapes.multiply_adds(alexnet, (224, 224, 3)) == [55 * 55 * 11 * 11 * 3 * 96]  # 105,415,200
+    nielsen = serial(L.Flatten, Dense(30), L.Sigmoid, Dense(10))
+    assert shapes.multiply_adds(nielsen, (28, 28, 1)) == [0, 784 * 30, 0, 30 * 10]
+
+
+def _xla_flops(fn, *args):
+    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+    return (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+
+
+def test_multiply_adds_agree_with_xla_cost_analysis(key):
+    # with 'valid' padding every tap touches the input, so XLA's count (which skips padding) is 2 x ours
+    keys = jax.random.split(key, 8)
+    for k in keys:
+        h, w = (int(v) for v in jax.random.randint(k, (2,), 6, 20))
+        c, o, kh, kw, s = (int(v) for v in jax.random.randint(jax.random.fold_in(k, 1), (5,), 1, 5))
+        layer = Conv2D(o, (kh, kw), s, "valid")
+        _, params = layer.init(k, (h, w, c))
+        x = jnp.ones((1, h, w, c), params["W"].dtype)
+        conv = lambda x, W: jax.lax.conv_general_dilated(x, W, (s, s), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+        assert _xla_flops(conv, x, params["W"]) == 2 * shapes.multiply_adds(layer, (h, w, c))[0]
+    dense = Dense(13)
+    _, params = dense.init(key, (29,))
+    assert _xla_flops(lambda x, W: x @ W.T, jnp.ones((1, 29), params["W"].dtype), params["W"]) == 2 * shapes.multiply_adds(dense, (29,))[0]
