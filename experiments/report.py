@@ -51,3 +51,9 @@ def write_results(
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     return result
+
+
+def read_history(workdir: str) -> list[dict]:
+    """The per-epoch rows a `train.py` run wrote to WORKDIR/metrics.jsonl."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [row for row in map(json.loads, f) if "val_error" in row]

@@ -93,3 +93,75 @@ def test_unknown_experiment_is_named_with_the_choices(capsys):
 def test_markdown_table_formats_floats_and_never_prints_minus_zero():
     table = report.markdown_table([{"a": -0.0, "b": 1 / 3, "c": "x"}])
     assert table.splitlines()[2] == "| 0 | 0.3333 | x |"
+
+
+def test_simplex_outputs_stay_on_the_simplex_and_move_to_their_corners(tmp_path):
+    result = _run("simplex", tmp_path)
+    before, after = result["rows"]
+    for row in (before, after):
+        assert row["max |sum p - 1|"] < 1e-5 and row["min p"] >= 0
+    assert after["accuracy"] > max(before["accuracy"], 0.85)
+    assert after["mean max p"] > before["mean max p"]
+    np.testing.assert_allclose(result["softmax_of_equal_scores"], [1 / 3] * 3, rtol=1e-6)  # the unit point 1/e
+
+
+def test_momentum_schedule_values_and_the_optimizers_ranking(tmp_path):
+    result = _run("momentum", tmp_path)
+    (schedule,) = result["more_tables"].values()
+    for row in schedule:  # 0.5, 0.75, 0.833, 0.875, ...: jaxnet's schedule against the closed form
+        assert row["mu_t"] == pytest.approx(row["1 - 1 / (2 floor(t / 250) + 2)"], rel=1e-6)
+    rows = {r["optimizer"]: r for r in result["rows"]}
+    for name, row in rows.items():
+        assert row["mean risk, last 100 steps"] < row["mean risk, first 100 steps"], name
+    sgd = rows["SGD"]["mean risk, last 100 steps"]
+    assert rows["momentum 0.9"]["mean risk, last 100 steps"] < sgd and rows["Adam 1e-3"]["mean risk, last 100 steps"] < sgd
+
+
+def test_nielsen_mlp_table_has_the_slides_numbers_and_the_cross_entropy_learns_faster(tmp_path):
+    result = _run("nielsen_mlp", tmp_path)
+    rows = {r["network and cost"]: r for r in result["rows"]}
+    assert sorted(r["slides (MNIST)"] for r in result["rows"]) == [0.9542, 0.9549, 0.9659, 0.9682]
+    for width in (30, 100):  # 3 epochs of digits: the quadratic cost's slowdown is plain to see
+        ce, quad = rows[f"cross-entropy 64-{width}-10"]["test accuracy"], rows[f"quadratic 64-{width}-10"]["test accuracy"]
+        assert ce > 0.8 and ce > quad
+
+
+def test_nielsen_mlp_picks_a_dataset_without_waiting_on_a_network():
+    import time
+
+    from experiments import nielsen_mlp
+    from jaxnet.data import DatasetNotFoundError, load_dataset
+
+    tic = time.perf_counter()
+    chosen = nielsen_mlp.pick_dataset()
+    assert time.perf_counter() - tic < 20
+    try:
+        load_dataset("mnist", validation_size=0, log=lambda *a: None)
+        assert chosen == "mnist"
+    except DatasetNotFoundError:
+        assert chosen == "fashion_mnist"
+
+
+def test_overfitting_regularisers_and_early_termination(tmp_path):
+    result = _run("overfitting", tmp_path)
+    rows = {r["regulariser"]: r for r in result["rows"]}
+    for row in rows.values():
+        assert 1 <= row["at epoch"] <= result["epochs"]
+        assert row["best validation error"] <= row["final validation error"]
+        assert row["test accuracy at that epoch"] > 0.7
+    assert rows["dropout"]["final train risk"] > rows["plain"]["final train risk"]  # dropout resists memorising
+    assert rows["weight decay"]["final train risk"] > rows["plain"]["final train risk"]  # so does (lambda/2) sum w^2
+
+
+def test_hidden_geometry_makes_xor_separable_or_shows_a_local_minimum(tmp_path):
+    result = _run("hidden_geometry", tmp_path)
+    rows = result["rows"]
+    assert rows[0]["step"] == 0 and rows[-1]["accuracy"] >= 0.99  # the seed shown separates XOR (up to a noisy point)
+    assert rows[-1]["risk"] < 0.05 < rows[0]["risk"]
+    (seeds,) = result["more_tables"].values()
+    assert result["solved"] == sum(r["separates XOR"] for r in seeds) >= 1
+    for r in seeds:
+        if not r["separates XOR"]:  # a local minimum: a cluster or two on the wrong side, the risk stuck well above 0
+            assert r["final accuracy"] <= 0.8 and r["final risk"] > 0.3
+        else:
+            assert r["final accuracy"] >= 0.99
