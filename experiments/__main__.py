@@ -26,6 +26,8 @@ def main(argv=None) -> dict:
     for name in names:
         tic = time.perf_counter()
         results[name] = importlib.import_module(EXPERIMENTS[name]).run(args.out, quick=args.quick)
+        with open(os.path.join(args.out, f"{name}.md")) as f:  # the tables, beside the notes' numbers
+            print("\n".join(line for line in f.read().splitlines() if not line.startswith("![")).strip() + "\n", flush=True)
         print(f"{name}: {time.perf_counter() - tic:.1f} s -> {os.path.join(args.out, name)}.{{md,json,png}}", file=sys.stderr)
     return results
 

@@ -89,11 +89,11 @@ def run(out_dir: str, quick: bool = False) -> dict:
     axes[0, 0].set(title="input plane (XOR)", aspect="equal", xlabel="x1", ylabel="x2")
     rows = []
     for ax, (at, h, out, accuracy, r) in zip(axes[0, 1:], runs[shown]):
-        draw_hidden(ax, h, np.asarray(y), out, f"seed {shown}, step {at}\naccuracy {accuracy:.0%}")
+        draw_hidden(ax, h, np.asarray(y), out, f"seed {shown}, step {at}\naccuracy {accuracy:.1%}")
         rows.append({"step": at, "accuracy": accuracy, "risk": r})
     if stuck:
         at, h, out, accuracy, _ = runs[stuck[0]][-1]
-        draw_hidden(axes[0, -1], h, np.asarray(y), out, f"seed {stuck[0]}, step {at}: stuck\naccuracy {accuracy:.0%}")
+        draw_hidden(axes[0, -1], h, np.asarray(y), out, f"seed {stuck[0]}, step {at}: stuck\naccuracy {accuracy:.1%}")
     figure = report.save_figure(fig, out_dir, "hidden_geometry")
     seeds = [{"seed": s, "final accuracy": snaps[-1][3], "final risk": snaps[-1][4], "separates XOR": s in solved} for s, snaps in runs.items()]
     return report.write_results(
