@@ -12,13 +12,12 @@ trained; the first that separates XOR is shown step by step, and the first that 
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments import report
+from experiments.descent import descend
 from jaxnet import losses, optim
 from jaxnet import layers as L
 
@@ -41,16 +40,6 @@ def risk(params, x, y):
     return jnp.mean(losses.binary_cross_entropy_from_logits(z, y[:, None]))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 5))
-def advance(params, state, optimizer, x, y, steps: int):
-    def step(carry, _):
-        params, state = carry
-        updates, state = optimizer.update(jax.grad(risk)(params, x, y), state, params)
-        return (jax.tree_util.tree_map(jnp.add, params, updates), state), None
-
-    return jax.lax.scan(step, (params, state), None, length=steps)[0]
-
-
 def train_with_snapshots(x, y, seed: int, optimizer):
     """(step, hidden activations, output-layer params, accuracy, risk) at each of SNAPSHOTS."""
     k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
@@ -58,7 +47,7 @@ def train_with_snapshots(x, y, seed: int, optimizer):
     state, done, snapshots = optimizer.init(params), 0, []
     for at in SNAPSHOTS:
         if at > done:
-            params, state = advance(params, state, optimizer, x, y, at - done)
+            params, state = descend(risk, optimizer, at - done, params, state, x, y)
             done = at
         h = HIDDEN.apply(params[0], x)
         z = OUTPUT.apply(params[1], h)[:, 0]

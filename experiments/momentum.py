@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from experiments import report
 from jaxnet import losses, optim
@@ -39,7 +40,7 @@ def train_curve(optimizer, model, params, images, labels, order):
     def step(params, state, x, y):
         risk, grads = jax.value_and_grad(lambda p: jnp.mean(losses.cross_entropy_from_logits(model.apply(p, x), y)))(params)
         updates, state = optimizer.update(grads, state, params)
-        return jax.tree_util.tree_map(jnp.add, params, updates), state, risk
+        return optax.apply_updates(params, updates), state, risk
 
     risks = []
     for t, idx in enumerate(order):  # a Python loop: XLA:CPU runs convolutions inside while loops far slower

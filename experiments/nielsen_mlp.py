@@ -43,7 +43,7 @@ def run(out_dir: str, quick: bool = False, seed: int = 0) -> dict:
         config.loss, config.model.hidden, config.seed = loss, (width,), seed
         if quick:  # scikit-learn's 8x8 digits, a few epochs: every code path in seconds
             config.dataset.validation_size, config.epochs = 300, 3
-        name = f"{COST_NAMES[loss]} 784-{width}-10" if not quick else f"{COST_NAMES[loss]} 64-{width}-10"
+        name = f"{COST_NAMES[loss]} {64 if quick else 784}-{width}-10"
         workdir = os.path.join(out_dir, "runs", "nielsen_mlp", f"{dataset_name}-{loss}-{width}-seed{seed}-{config.epochs}ep")
         summary = trainer.train_and_evaluate(config, workdir, log=lambda *a, **k: None, progress=False)
         rows.append({"network and cost": name, "dataset": dataset_name, "test accuracy": summary["test_accuracy"], "slides (MNIST)": slides,

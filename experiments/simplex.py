@@ -9,11 +9,14 @@ training, when most p sit near their class's corner and the errors are the blobs
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments import report
+from experiments.descent import descend
 from jaxnet import activations, losses, optim
 from jaxnet import layers as L
 
@@ -34,21 +37,15 @@ def to_plane(p):
     return np.asarray(p) @ CORNERS
 
 
+def risk(net, params, x, y):
+    return jnp.mean(losses.cross_entropy_from_logits(net.apply(params, x), y))
+
+
 def train(x, y, steps: int, seed: int = 0):
     net = L.serial(L.Dense(16), L.Tanh, L.Dense(3))
     _, params = net.init(jax.random.PRNGKey(seed), (2,))
     opt = optim.adam(0.02)
-
-    def risk(params):
-        return jnp.mean(losses.cross_entropy_from_logits(net.apply(params, x), y))
-
-    def step(carry, _):
-        params, state = carry
-        grads = jax.grad(risk)(params)
-        updates, state = opt.update(grads, state, params)
-        return (jax.tree_util.tree_map(jnp.add, params, updates), state), None
-
-    (trained, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)
+    trained, _ = descend(functools.partial(risk, net), opt, steps, params, opt.init(params), x, y)
     return net, params, trained
 
 
