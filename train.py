@@ -10,7 +10,9 @@ import sys
 import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, _HERE)  # so configs can import each other (configs/tpu.py builds on configs/cifar10.py)
+sys.path.insert(
+    0, _HERE
+)  # so configs can import each other (configs/tpu.py builds on configs/cifar10.py)
 
 from jaxnet.training import xla_cpu  # noqa: E402
 
@@ -19,23 +21,38 @@ xla_cpu.prefer_xla_convolutions()  # before JAX starts: see jaxnet/training/xla_
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "default.py"), "Training config file.")
-flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, plots. Default: a fresh runs/<config>-<time>.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "Train (and resume), or evaluate a workdir's best checkpoint.")
+config_flags.DEFINE_config_file(
+    "config", os.path.join(_HERE, "configs", "default.py"), "Training config file."
+)
+flags.DEFINE_string(
+    "workdir",
+    None,
+    "Run folder: checkpoints, metrics, plots. Default: a fresh runs/<config>-<time>.",
+)
+flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "evaluate"],
+    "Train (and resume), or evaluate a workdir's best checkpoint.",
+)
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.key=value")
-    if not FLAGS["verbosity"].present:  # orbax and jax log every save at INFO: keep the table readable
+    if not FLAGS[
+        "verbosity"
+    ].present:  # orbax and jax log every save at INFO: keep the table readable
         logging.set_verbosity(logging.WARNING)
     from jaxnet.training import multihost, trainer
 
     multihost.initialize()
     workdir = FLAGS.workdir
     if workdir is None:
-        name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
+        name = os.path.splitext(
+            os.path.basename(config_flags.get_config_filename(FLAGS["config"]))
+        )[0]
         workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     from jaxnet.data import DatasetNotFoundError
     from jaxnet.training.config import ConfigError

@@ -50,9 +50,16 @@ from jaxnet.models import build_model  # noqa: E402
 from jaxnet.training import trainer  # noqa: E402
 from jaxnet.training.loop import Runner, epoch_plan, make_evaluate  # noqa: E402
 
-IMPLEMENTATIONS = ("jaxnet", "flax", "torch", "flax_scan")  # flax_scan: opt-in, Flax with jaxnet's chunking
+IMPLEMENTATIONS = (
+    "jaxnet",
+    "flax",
+    "torch",
+    "flax_scan",
+)  # flax_scan: opt-in, Flax with jaxnet's chunking
 TORCH_MISSING = "PyTorch is not installed: run `pip install torch==2.13.0` (or `pip install -e '.[bench]'`), or pass --impls jaxnet,flax"
-VALIDATION_SIZE = 5000  # held out as configs/default.py does, so every row trains on the same 55,000 images
+VALIDATION_SIZE = (
+    5000  # held out as configs/default.py does, so every row trains on the same 55,000 images
+)
 QUICK_TRAIN, QUICK_TEST = 8192, 1000  # --quick trains on this many images and tests on this many
 MATMUL_N = 2048  # the matrix product whose rate is the machine's ceiling in the table
 
@@ -68,7 +75,9 @@ class Row:
     summary: str
     config: Callable  # () -> the jaxnet ConfigDict; steps_per_chunk in it is what jaxnet runs with
     target: float  # test accuracy that stops the time-to-accuracy clock
-    eval_every: int  # steps between evaluations (a multiple of steps_per_chunk); also at each epoch's end
+    eval_every: (
+        int  # steps between evaluations (a multiple of steps_per_chunk); also at each epoch's end
+    )
     max_epochs: int  # time-to-accuracy gives up after this many epochs ...
     max_seconds: float  # ... or this much training time, whichever comes first
     throughput_steps: int  # timed steps per repeat (a multiple of steps_per_chunk)
@@ -93,7 +102,9 @@ def cnn_config():
     """configs/default.py: conv32-pool-conv64-pool-dense128-dropout-dense10, Adam 1e-3, batch 128."""
     c = _configs()[0].get_config()
     c.devices.strategy = "single"
-    c.steps_per_chunk = 2  # as configs/default.py: ~30 ms steps, so longer chunks buy little and compile longer
+    c.steps_per_chunk = (
+        2  # as configs/default.py: ~30 ms steps, so longer chunks buy little and compile longer
+    )
     return c
 
 
@@ -112,9 +123,36 @@ def wide_mlp_config(width=2048):
 
 ROWS = {
     # Targets are first reached in 1-2 epochs; nielsen's noisy SGD hovers around 80-82% for most of its first epoch.
-    "nielsen": Row("nielsen", "MLP 784-30-10 sigmoid, BCE, SGD 0.5, batch 10", nielsen_config, 0.83, 500, 3, 60.0, 2000),
-    "cnn": Row("cnn", "CNN c32-p-c64-p-d128-drop-d10, Adam 1e-3, batch 128", cnn_config, 0.87, 100, 2, 90.0, 60),
-    "wide_mlp": Row("wide_mlp", "MLP 784-2048-2048-10 ReLU, Adam 1e-3, batch 1024", wide_mlp_config, 0.85, 18, 2, 90.0, 10),
+    "nielsen": Row(
+        "nielsen",
+        "MLP 784-30-10 sigmoid, BCE, SGD 0.5, batch 10",
+        nielsen_config,
+        0.83,
+        500,
+        3,
+        60.0,
+        2000,
+    ),
+    "cnn": Row(
+        "cnn",
+        "CNN c32-p-c64-p-d128-drop-d10, Adam 1e-3, batch 128",
+        cnn_config,
+        0.87,
+        100,
+        2,
+        90.0,
+        60,
+    ),
+    "wide_mlp": Row(
+        "wide_mlp",
+        "MLP 784-2048-2048-10 ReLU, Adam 1e-3, batch 1024",
+        wide_mlp_config,
+        0.85,
+        18,
+        2,
+        90.0,
+        10,
+    ),
 }
 
 
@@ -129,7 +167,9 @@ def quick_row(row: Row) -> Row:
             c.model.hidden = (256, 256)
         return c
 
-    return dataclasses.replace(row, config=small_config, eval_every=4, max_epochs=1, max_seconds=0.0, throughput_steps=4)
+    return dataclasses.replace(
+        row, config=small_config, eval_every=4, max_epochs=1, max_seconds=0.0, throughput_steps=4
+    )
 
 
 # ------------------------------------------------------------------------------------------------- implementations
@@ -180,32 +220,49 @@ class Jaxnet(Implementation):
     name = "jaxnet"
 
     def setup(self):
-        _, model, loss_fn, optimizer, state = trainer.setup(self.config, log=lambda *a: None, dataset=self.dataset)
+        _, model, loss_fn, optimizer, state = trainer.setup(
+            self.config, log=lambda *a: None, dataset=self.dataset
+        )
         self.runner = Runner("single", model, loss_fn, optimizer)
-        self.images, self.labels = self.runner.put_data(self.dataset.train.images, self.dataset.train.labels)
+        self.images, self.labels = self.runner.put_data(
+            self.dataset.train.images, self.dataset.train.labels
+        )
         self.state = self.runner.put_state(state)
         self.evaluate = make_evaluate(model, loss_fn, self.dataset.num_classes)
         self._plan_epoch, self._plan = None, None
 
     def num_parameters(self):
-        return sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(self.runner.host_state(self.state).params))
+        return sum(
+            int(np.size(leaf))
+            for leaf in jax.tree_util.tree_leaves(self.runner.host_state(self.state).params)
+        )
 
     def plan(self, epoch: int):
         if self._plan_epoch != epoch:
             self._plan_epoch = epoch
-            self._plan = epoch_plan(self.num_train, self.batch, self.config.steps_per_chunk, self.seed, epoch)
+            self._plan = epoch_plan(
+                self.num_train, self.batch, self.config.steps_per_chunk, self.seed, epoch
+            )
         return self._plan
 
     def train(self, epoch, start, stop):
         plan = self.plan(epoch)
         k = plan.indices.shape[1]
         if start % k or (stop % k and stop != plan.steps):
-            raise ValueError(f"jaxnet runs whole chunks of {k} steps: cannot run steps [{start}, {stop})")
+            raise ValueError(
+                f"jaxnet runs whole chunks of {k} steps: cannot run steps [{start}, {stop})"
+            )
         for c in range(start // k, math.ceil(stop / k)):
-            self.state, risks = self.runner.run_chunk(self.state, self.images, self.labels, plan.indices[c], plan.weights[c])
-            risks = np.asarray(risks)[: plan.steps - c * k]  # the trainer waits for each chunk's risks to check them; so do we
+            self.state, risks = self.runner.run_chunk(
+                self.state, self.images, self.labels, plan.indices[c], plan.weights[c]
+            )
+            risks = np.asarray(risks)[
+                : plan.steps - c * k
+            ]  # the trainer waits for each chunk's risks to check them; so do we
             if not np.all(np.isfinite(risks)):
-                raise FloatingPointError(f"jaxnet: non-finite training risk in epoch {epoch + 1}, chunk {c + 1}")
+                raise FloatingPointError(
+                    f"jaxnet: non-finite training risk in epoch {epoch + 1}, chunk {c + 1}"
+                )
 
     def accuracy(self):
         params = self.runner.host_state(self.state).params
@@ -221,7 +278,9 @@ def _flax_kernel_init(init_name: str):
 
     if init_name == "nielsen":  # N(0, 1 / fan_in), as jaxnet.models._nielsen
         return nnx.initializers.variance_scaling(1.0, "fan_in", "normal")
-    if init_name == "glorot":  # jaxnet's default, jax.nn.initializers.glorot_normal (truncated normal)
+    if (
+        init_name == "glorot"
+    ):  # jaxnet's default, jax.nn.initializers.glorot_normal (truncated normal)
         return nnx.initializers.glorot_normal()
     raise ValueError(f"the benchmark does not map init {init_name!r} to Flax")
 
@@ -238,7 +297,9 @@ def _flax_model(model_config, input_shape, num_classes, rngs):
         def __init__(self):
             widths = (math.prod(input_shape),) + tuple(model_config.hidden)
             self.hidden = nnx.List([dense(a, b) for a, b in zip(widths[:-1], widths[1:])])
-            self.dropout = nnx.Dropout(model_config.dropout, rngs=rngs) if model_config.dropout > 0 else None
+            self.dropout = (
+                nnx.Dropout(model_config.dropout, rngs=rngs) if model_config.dropout > 0 else None
+            )
             self.out = dense(widths[-1], num_classes)
 
         def __call__(self, x):
@@ -249,13 +310,17 @@ def _flax_model(model_config, input_shape, num_classes, rngs):
 
     class CNN(nnx.Module):
         def __init__(self):
-            conv = functools.partial(nnx.Conv, kernel_size=(3, 3), padding="SAME", kernel_init=kernel_init, rngs=rngs)
+            conv = functools.partial(
+                nnx.Conv, kernel_size=(3, 3), padding="SAME", kernel_init=kernel_init, rngs=rngs
+            )
             channels = (input_shape[-1],) + tuple(model_config.channels)
             self.convs = nnx.List([conv(a, b) for a, b in zip(channels[:-1], channels[1:])])
             side_h, side_w = input_shape[0] >> len(self.convs), input_shape[1] >> len(self.convs)
             widths = (side_h * side_w * channels[-1],) + tuple(model_config.hidden)
             self.hidden = nnx.List([dense(a, b) for a, b in zip(widths[:-1], widths[1:])])
-            self.dropout = nnx.Dropout(model_config.dropout, rngs=rngs) if model_config.dropout > 0 else None
+            self.dropout = (
+                nnx.Dropout(model_config.dropout, rngs=rngs) if model_config.dropout > 0 else None
+            )
             self.out = dense(widths[-1], num_classes)
 
         def __call__(self, x):
@@ -293,7 +358,11 @@ def _optax_loss(config, num_classes):
     if config.loss == "cross_entropy":
         return lambda logits, y: optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     if config.loss == "binary_cross_entropy":
-        return lambda logits, y: optax.sigmoid_binary_cross_entropy(logits, jax.nn.one_hot(y, num_classes)).sum(-1).mean()
+        return lambda logits, y: (
+            optax.sigmoid_binary_cross_entropy(logits, jax.nn.one_hot(y, num_classes))
+            .sum(-1)
+            .mean()
+        )
     raise ValueError(f"the benchmark does not map loss {config.loss!r} to optax")
 
 
@@ -305,12 +374,20 @@ class Flax(Implementation):
     def num_parameters(self):
         from flax import nnx
 
-        return sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(nnx.state(self.model, nnx.Param)))
+        return sum(
+            int(np.size(leaf))
+            for leaf in jax.tree_util.tree_leaves(nnx.state(self.model, nnx.Param))
+        )
 
     def setup(self):
         from flax import nnx
 
-        self.model = _flax_model(self.config.model, self.dataset.input_shape, self.dataset.num_classes, nnx.Rngs(self.seed))
+        self.model = _flax_model(
+            self.config.model,
+            self.dataset.input_shape,
+            self.dataset.num_classes,
+            nnx.Rngs(self.seed),
+        )
         self.optimizer = nnx.Optimizer(self.model, _optax_optimizer(self.config), wrt=nnx.Param)
         loss = _optax_loss(self.config, self.dataset.num_classes)
 
@@ -343,7 +420,10 @@ class Flax(Implementation):
     def accuracy(self):
         self.model.eval()
         test = self.dataset.test
-        hits = sum(int(self.correct(self.model, test.images[i : i + 1000], test.labels[i : i + 1000])) for i in range(0, len(test), 1000))
+        hits = sum(
+            int(self.correct(self.model, test.images[i : i + 1000], test.labels[i : i + 1000]))
+            for i in range(0, len(test), 1000)
+        )
         return hits / len(test)
 
 
@@ -380,17 +460,26 @@ class FlaxScan(Flax):
             return state, jnp.stack(values)
 
         self.chunk, self.graph_state = chunk, state
-        self.images, self.labels = jax.device_put(self.dataset.train.images), jax.device_put(self.dataset.train.labels)
+        self.images, self.labels = (
+            jax.device_put(self.dataset.train.images),
+            jax.device_put(self.dataset.train.labels),
+        )
 
     def train(self, epoch, start, stop):
         k = self.config.steps_per_chunk
         full = [s for s in range(start, stop) if (s + 1) * self.batch <= self.num_train]
         for i in range(0, len(full), k):
             indices = np.stack([self.batch_indices(epoch, s) for s in full[i : i + k]])
-            self.graph_state, values = self.chunk(self.graph_state, self.images, self.labels, indices)
-        if len(full) < stop - start:  # the epoch's last, partial batch: a shape of its own, compiled once
+            self.graph_state, values = self.chunk(
+                self.graph_state, self.images, self.labels, indices
+            )
+        if (
+            len(full) < stop - start
+        ):  # the epoch's last, partial batch: a shape of its own, compiled once
             indices = self.batch_indices(epoch, stop - 1)[None]
-            self.graph_state, values = self.chunk(self.graph_state, self.images, self.labels, indices)
+            self.graph_state, values = self.chunk(
+                self.graph_state, self.images, self.labels, indices
+            )
         np.asarray(values)
 
     def accuracy(self):
@@ -423,7 +512,9 @@ def _torch_init(module, init_name: str):
     with torch.no_grad():
         if init_name == "nielsen":
             torch.nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fan_in))
-        elif init_name == "glorot":  # jax's glorot_normal: a normal truncated at 2 sigma, rescaled to variance 2/(fan_in + fan_out)
+        elif (
+            init_name == "glorot"
+        ):  # jax's glorot_normal: a normal truncated at 2 sigma, rescaled to variance 2/(fan_in + fan_out)
             std = math.sqrt(2.0 / (fan_in + fan_out)) / 0.87962566103423978
             torch.nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std)
         else:
@@ -471,26 +562,41 @@ class Torch(Implementation):
         F = torch.nn.functional
         torch.manual_seed(self.seed)
         self.torch = torch
-        self.model = _torch_model(self.config.model, self.dataset.input_shape, self.dataset.num_classes)
+        self.model = _torch_model(
+            self.config.model, self.dataset.input_shape, self.dataset.num_classes
+        )
         o = self.config.optimizer
         if o.name == "sgd":
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.learning_rate)
         elif o.name == "momentum":
-            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.learning_rate, momentum=o.momentum)
+            self.optimizer = torch.optim.SGD(
+                self.model.parameters(), lr=o.learning_rate, momentum=o.momentum
+            )
         elif o.name == "adam":
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps)
+            self.optimizer = torch.optim.Adam(
+                self.model.parameters(), lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps
+            )
         else:
             raise ValueError(f"the benchmark does not map optimizer {o.name!r} to torch.optim")
         k = self.dataset.num_classes
         if self.config.loss == "cross_entropy":
             self.loss = F.cross_entropy
         elif self.config.loss == "binary_cross_entropy":
-            self.loss = lambda logits, y: F.binary_cross_entropy_with_logits(logits, F.one_hot(y, k).float(), reduction="sum") / len(y)
+            self.loss = lambda logits, y: (
+                F.binary_cross_entropy_with_logits(logits, F.one_hot(y, k).float(), reduction="sum")
+                / len(y)
+            )
         else:
             raise ValueError(f"the benchmark does not map loss {self.config.loss!r} to torch")
         as_nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()  # noqa: E731
-        self.images, self.labels = as_nchw(self.dataset.train.images), torch.from_numpy(self.dataset.train.labels).long()
-        self.test_images, self.test_labels = as_nchw(self.dataset.test.images), torch.from_numpy(self.dataset.test.labels).long()
+        self.images, self.labels = (
+            as_nchw(self.dataset.train.images),
+            torch.from_numpy(self.dataset.train.labels).long(),
+        )
+        self.test_images, self.test_labels = (
+            as_nchw(self.dataset.test.images),
+            torch.from_numpy(self.dataset.test.labels).long(),
+        )
 
     def train(self, epoch, start, stop):
         order = self.torch.from_numpy(self.order(epoch)).long()
@@ -506,7 +612,12 @@ class Torch(Implementation):
         self.model.eval()
         with self.torch.no_grad():
             hits = sum(
-                int((self.model(self.test_images[i : i + 1000]).argmax(1) == self.test_labels[i : i + 1000]).sum())
+                int(
+                    (
+                        self.model(self.test_images[i : i + 1000]).argmax(1)
+                        == self.test_labels[i : i + 1000]
+                    ).sum()
+                )
                 for i in range(0, len(self.test_labels), 1000)
             )
         return hits / len(self.test_labels)
@@ -543,15 +654,22 @@ def time_to_accuracy(impl: Implementation, row: Row) -> dict:
         first_segment = elapsed if first_segment is None else first_segment
         done += stop - start
         accuracy = impl.accuracy()
-        history.append({"epoch": epoch + 1, "step": done, "seconds": round(clock, 4), "accuracy": accuracy})
+        history.append(
+            {"epoch": epoch + 1, "step": done, "seconds": round(clock, 4), "accuracy": accuracy}
+        )
         if accuracy >= row.target:
             reached = history[-1]
         if reached or clock >= row.max_seconds:
             break
     return {
-        "seed": impl.seed, "reached": reached is not None, "seconds": reached["seconds"] if reached else None,
-        "steps": reached["step"] if reached else None, "setup_seconds": setup_seconds,
-        "first_segment_seconds": first_segment, "final_accuracy": history[-1]["accuracy"], "history": history,
+        "seed": impl.seed,
+        "reached": reached is not None,
+        "seconds": reached["seconds"] if reached else None,
+        "steps": reached["step"] if reached else None,
+        "setup_seconds": setup_seconds,
+        "first_segment_seconds": first_segment,
+        "final_accuracy": history[-1]["accuracy"],
+        "history": history,
     }
 
 
@@ -586,15 +704,21 @@ def matmul_gflops(n: int, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def run_row(row: Row, dataset: Dataset, impls: list[str], seeds: list[int], repeats: int, log) -> dict:
+def run_row(
+    row: Row, dataset: Dataset, impls: list[str], seeds: list[int], repeats: int, log
+) -> dict:
     """Time-to-accuracy for each implementation and seed, then interleaved throughput repeats."""
     config = row.config()
     flops = training_flops_per_example(config, dataset)
     n = len(dataset.train)
     if row.eval_every % config.steps_per_chunk or row.throughput_steps % config.steps_per_chunk:
-        raise ValueError(f"{row.name}: eval_every and throughput_steps must be multiples of steps_per_chunk={config.steps_per_chunk}")
+        raise ValueError(
+            f"{row.name}: eval_every and throughput_steps must be multiples of steps_per_chunk={config.steps_per_chunk}"
+        )
     if (row.throughput_steps + config.steps_per_chunk) * config.batch_size > n:
-        raise ValueError(f"{row.name}: {row.throughput_steps} timed steps do not fit in one epoch of {n} examples")
+        raise ValueError(
+            f"{row.name}: {row.throughput_steps} timed steps do not fit in one epoch of {n} examples"
+        )
     load_before = os.getloadavg()
     results = {name: {"tta": []} for name in impls}
     trained = {}
@@ -606,21 +730,31 @@ def run_row(row: Row, dataset: Dataset, impls: list[str], seeds: list[int], repe
             log(f"  {row.name}/{name} seed {seed}: time to {row.target:.0%} ...")
             tta = time_to_accuracy(impl, row)
             results[name]["tta"].append(tta)
-            shown = f"{tta['seconds']:.1f} s at step {tta['steps']}" if tta["reached"] else f"not reached (last {tta['final_accuracy']:.2%})"
-            log(f"    {shown}; setup {tta['setup_seconds']:.2f} s, first segment {tta['first_segment_seconds']:.2f} s")
+            shown = (
+                f"{tta['seconds']:.1f} s at step {tta['steps']}"
+                if tta["reached"]
+                else f"not reached (last {tta['final_accuracy']:.2%})"
+            )
+            log(
+                f"    {shown}; setup {tta['setup_seconds']:.2f} s, first segment {tta['first_segment_seconds']:.2f} s"
+            )
             trained[name] = impl  # the last seed's implementation, compiled, times the throughput
             results[name]["parameters"] = impl.num_parameters()
     for name in impls:
         results[name]["examples_per_s"] = []
     for repeat in range(repeats):
-        for name in impls:  # interleaved, so that a burst of outside load hits every implementation alike
+        for (
+            name
+        ) in impls:  # interleaved, so that a burst of outside load hits every implementation alike
             rate = throughput(trained[name], row.throughput_steps, repeat)
             results[name]["examples_per_s"].append(rate)
             log(f"  {row.name}/{name} throughput repeat {repeat + 1}: {rate:,.0f} examples/s")
     for name in impls:
         r = results[name]
         r["examples_per_s_median"] = statistics.median(r["examples_per_s"])
-        r["examples_per_s_best"] = max(r["examples_per_s"])  # the least disturbed repeat, if the machine was not idle
+        r["examples_per_s_best"] = max(
+            r["examples_per_s"]
+        )  # the least disturbed repeat, if the machine was not idle
         r["gflops"] = r["examples_per_s_median"] * flops / 1e9
         times = [t["seconds"] for t in r["tta"] if t["reached"]]
         r["tta_reached"] = f"{len(times)}/{len(r['tta'])}"
@@ -630,14 +764,29 @@ def run_row(row: Row, dataset: Dataset, impls: list[str], seeds: list[int], repe
         if peer == "jaxnet" or "jaxnet" not in impls:
             continue
         j, p = results["jaxnet"], results[peer]
-        tta = p["tta_seconds_median"] / j["tta_seconds_median"] if j["tta_seconds_median"] and p["tta_seconds_median"] else None
-        ratios[f"jaxnet/{peer}"] = {"throughput": j["examples_per_s_median"] / p["examples_per_s_median"], "time_to_accuracy": tta}
+        tta = (
+            p["tta_seconds_median"] / j["tta_seconds_median"]
+            if j["tta_seconds_median"] and p["tta_seconds_median"]
+            else None
+        )
+        ratios[f"jaxnet/{peer}"] = {
+            "throughput": j["examples_per_s_median"] / p["examples_per_s_median"],
+            "time_to_accuracy": tta,
+        }
     return {
-        "summary": row.summary, "batch_size": config.batch_size, "target_accuracy": row.target, "eval_every_steps": row.eval_every,
-        "jaxnet_steps_per_chunk": config.steps_per_chunk, "throughput_steps": row.throughput_steps, "train_examples": n,
+        "summary": row.summary,
+        "batch_size": config.batch_size,
+        "target_accuracy": row.target,
+        "eval_every_steps": row.eval_every,
+        "jaxnet_steps_per_chunk": config.steps_per_chunk,
+        "throughput_steps": row.throughput_steps,
+        "train_examples": n,
         "training_flops_per_example": flops,
-        "test_examples": len(dataset.test), "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "implementations": results, "speedups": ratios,
+        "test_examples": len(dataset.test),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "implementations": results,
+        "speedups": ratios,
     }
 
 
@@ -647,14 +796,20 @@ def run_row(row: Row, dataset: Dataset, impls: list[str], seeds: list[int], repe
 def format_table(results: dict) -> str:
     """The rows as a fixed-width table; speed-ups > 1 mean jaxnet is faster."""
     peak = results["machine"].get("matmul_gflops")
-    lines = [f"{'row':<9} {'impl':<10} {'batch':>5} {'examples/s':>12} {'GFLOP/s':>8} {'time-to-acc':>13} {'at step':>8} {'last eval':>9}"]
+    lines = [
+        f"{'row':<9} {'impl':<10} {'batch':>5} {'examples/s':>12} {'GFLOP/s':>8} {'time-to-acc':>13} {'at step':>8} {'last eval':>9}"
+    ]
     for name, row in results["rows"].items():
         lines.append("-" * len(lines[0]))
         for impl, r in row["implementations"].items():
             if r["tta_seconds_median"] is not None:
                 tta = f"{r['tta_seconds_median']:.1f} s"
             else:  # some seeds, or all, never got there
-                tta = "not reached" if r["tta_reached"].startswith("0/") else f"{r['tta_reached']} reached"
+                tta = (
+                    "not reached"
+                    if r["tta_reached"].startswith("0/")
+                    else f"{r['tta_reached']} reached"
+                )
             steps = [t["steps"] for t in r["tta"] if t["reached"]]
             step = f"{int(statistics.median(steps))}" if steps else "-"
             final = statistics.median(t["final_accuracy"] for t in r["tta"])
@@ -666,19 +821,27 @@ def format_table(results: dict) -> str:
         for pair, s in row["speedups"].items():
             tta = f"{s['time_to_accuracy']:.2f}x" if s["time_to_accuracy"] else "n/a"
             speedups.append(f"{pair}: {s['throughput']:.2f}x throughput, {tta} time-to-acc")
-        lines.append(f"{'':<9} target {row['target_accuracy']:.0%} test accuracy; jaxnet steps_per_chunk={row['jaxnet_steps_per_chunk']}")
+        lines.append(
+            f"{'':<9} target {row['target_accuracy']:.0%} test accuracy; jaxnet steps_per_chunk={row['jaxnet_steps_per_chunk']}"
+        )
         lines.extend(f"{'':<9} {s}" for s in speedups)
     if peak:
         lines.append("-" * len(lines[0]))
-        lines.append(f"GFLOP/s: training arithmetic done per second; one {MATMUL_N}x{MATMUL_N} float32 matmul in XLA runs at {peak:.0f} here")
+        lines.append(
+            f"GFLOP/s: training arithmetic done per second; one {MATMUL_N}x{MATMUL_N} float32 matmul in XLA runs at {peak:.0f} here"
+        )
     return "\n".join(lines)
 
 
 def machine_info(impls) -> dict:
     """Versions and settings the figures depend on."""
     info = {
-        "python": platform.python_version(), "platform": platform.platform(), "cpus": len(os.sched_getaffinity(0)),
-        "jax": jax.__version__, "jax_backend": jax.default_backend(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     try:
         import flax
@@ -689,31 +852,63 @@ def machine_info(impls) -> dict:
     if "torch" in impls:
         import torch
 
-        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(), torch_flush_denormal=True)
+        info.update(
+            torch=torch.__version__,
+            torch_threads=torch.get_num_threads(),
+            torch_flush_denormal=True,
+        )
     return info
 
 
 def load_fashion_mnist(quick: bool) -> Dataset:
-    dataset = load_dataset("fashion_mnist", validation_size=VALIDATION_SIZE, seed=0, log=lambda *a: None)
+    dataset = load_dataset(
+        "fashion_mnist", validation_size=VALIDATION_SIZE, seed=0, log=lambda *a: None
+    )
     if quick:
         first = lambda split, k: Split(split.images[:k], split.labels[:k])  # noqa: E731
-        dataset = dataclasses.replace(dataset, train=first(dataset.train, QUICK_TRAIN), test=first(dataset.test, QUICK_TEST))
+        dataset = dataclasses.replace(
+            dataset, train=first(dataset.train, QUICK_TRAIN), test=first(dataset.test, QUICK_TEST)
+        )
     return dataset
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows of {', '.join(ROWS)} (default: all)")
-    parser.add_argument("--impls", default="jaxnet,flax,torch", help=f"comma-separated implementations of {', '.join(IMPLEMENTATIONS)}")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: a few steps on a subset; the figures mean nothing")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds for time-to-accuracy (the median is shown)")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved throughput repeats (default 3, 1 with --quick)")
+    parser.add_argument(
+        "--rows",
+        default=",".join(ROWS),
+        help=f"comma-separated rows of {', '.join(ROWS)} (default: all)",
+    )
+    parser.add_argument(
+        "--impls",
+        default="jaxnet,flax,torch",
+        help=f"comma-separated implementations of {', '.join(IMPLEMENTATIONS)}",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: a few steps on a subset; the figures mean nothing",
+    )
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated seeds for time-to-accuracy (the median is shown)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="interleaved throughput repeats (default 3, 1 with --quick)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args(argv)
     args.rows = [r for r in args.rows.split(",") if r]
     args.impls = [i for i in args.impls.split(",") if i]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
-    for kind, chosen, allowed in (("row", args.rows, ROWS), ("implementation", args.impls, IMPLEMENTATIONS)):
+    for kind, chosen, allowed in (
+        ("row", args.rows, ROWS),
+        ("implementation", args.impls, IMPLEMENTATIONS),
+    ):
         unknown = [c for c in chosen if c not in allowed]
         if unknown or not chosen:
             parser.error(f"unknown {kind}(s) {unknown or chosen}; choose from {', '.join(allowed)}")
@@ -726,7 +921,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if "torch" in args.impls:
         torch = import_torch()
-        torch.set_num_threads(len(os.sched_getaffinity(0)))  # every core this process may use, as XLA does
+        torch.set_num_threads(
+            len(os.sched_getaffinity(0))
+        )  # every core this process may use, as XLA does
         # XLA flushes denormals to zero; without the same mode, torch's run time would depend on whether XLA had
         # already set the flag on this thread, and the sigmoid net's tiny gradients make denormals 40-100x slower.
         torch.set_flush_denormal(True)
@@ -737,8 +934,16 @@ def main(argv=None) -> dict:
         dataset = load_fashion_mnist(args.quick)
         jnp.ones(8).sum().block_until_ready()  # the CPU client's start-up, charged to no row
         log = functools.partial(print, file=sys.stderr, flush=True)
-        log(f"Fashion-MNIST: {len(dataset.train)} train / {len(dataset.test)} test images; {', '.join(args.impls)}")
-        results = {"machine": {**machine_info(args.impls), "matmul_gflops": matmul_gflops(MATMUL_N)}, "quick": args.quick, "seeds": args.seeds, "repeats": args.repeats, "rows": {}}
+        log(
+            f"Fashion-MNIST: {len(dataset.train)} train / {len(dataset.test)} test images; {', '.join(args.impls)}"
+        )
+        results = {
+            "machine": {**machine_info(args.impls), "matmul_gflops": matmul_gflops(MATMUL_N)},
+            "quick": args.quick,
+            "seeds": args.seeds,
+            "repeats": args.repeats,
+            "rows": {},
+        }
         for name in args.rows:
             row = quick_row(ROWS[name]) if args.quick else ROWS[name]
             results["rows"][name] = run_row(row, dataset, args.impls, args.seeds, args.repeats, log)

@@ -31,7 +31,16 @@ DEPTH, WIDTH = 10, 32
 
 
 def deep_mlp(activation: str):
-    c = ml_collections.ConfigDict({"kind": "mlp", "hidden": (WIDTH,) * DEPTH, "activation": activation, "init": "nielsen", "init_std": 0.01, "dropout": 0.0})
+    c = ml_collections.ConfigDict(
+        {
+            "kind": "mlp",
+            "hidden": (WIDTH,) * DEPTH,
+            "activation": activation,
+            "init": "nielsen",
+            "init_std": 0.01,
+            "dropout": 0.0,
+        }
+    )
     return build_model(c, 10)
 
 
@@ -41,7 +50,9 @@ def gradient_norms(activation: str, images, labels, seed: int = 0) -> np.ndarray
     _, params = model.init(jax.random.PRNGKey(seed), images.shape[1:])
     loss = per_sample_loss("cross_entropy", "softmax", 10)
     grads = jax.grad(lambda p: jnp.mean(loss(model.apply(p, images), labels)))(params)
-    return np.array([float(jnp.linalg.norm(g["W"])) for g in grads if isinstance(g, dict) and "W" in g])
+    return np.array(
+        [float(jnp.linalg.norm(g["W"])) for g in grads if isinstance(g, dict) and "W" in g]
+    )
 
 
 def run(out_dir: str, quick: bool = False) -> dict:
@@ -52,7 +63,13 @@ def run(out_dir: str, quick: bool = False) -> dict:
         (line,) = axes[0, 0].plot(z, f(z), label=name)
         axes[0, 1].plot(z, df(z), color=line.get_color(), label=name)
         by_grad = jax.vmap(jax.grad(f))(z)
-        rows.append({"activation": name, "max |hand-written f' - jax.grad|": float(jnp.max(jnp.abs(df(z) - by_grad))), "f'(0)": float(df(jnp.zeros(())))})
+        rows.append(
+            {
+                "activation": name,
+                "max |hand-written f' - jax.grad|": float(jnp.max(jnp.abs(df(z) - by_grad))),
+                "f'(0)": float(df(jnp.zeros(()))),
+            }
+        )
     axes[0, 0].set(xlabel="a", title="Activations h(a)", ylim=(-1.5, 5))
     axes[0, 1].set(xlabel="a", title="Derivatives h'(a)")
     axes[0, 0].legend(fontsize=8)
@@ -64,7 +81,11 @@ def run(out_dir: str, quick: bool = False) -> dict:
     layers = np.arange(1, DEPTH + 2)
     for name, g in norms.items():
         axes[0, 2].semilogy(layers, g, "o-", label=name)
-    axes[0, 2].set(xlabel="layer (1 = input side)", ylabel="||dR/dW||", title=f"Gradient per layer, {DEPTH}x{WIDTH} MLP at init")
+    axes[0, 2].set(
+        xlabel="layer (1 = input side)",
+        ylabel="||dR/dW||",
+        title=f"Gradient per layer, {DEPTH}x{WIDTH} MLP at init",
+    )
     axes[0, 2].legend()
     figure = report.save_figure(fig, out_dir, "activations")
     extra = {
@@ -72,4 +93,11 @@ def run(out_dir: str, quick: bool = False) -> dict:
         "first_over_last": {name: float(g[0] / g[-1]) for name, g in norms.items()},
         "batch": n,
     }
-    return report.write_results(out_dir, "activations", "Activations, their derivatives, and the vanishing gradient", rows, [figure], extra)
+    return report.write_results(
+        out_dir,
+        "activations",
+        "Activations, their derivatives, and the vanishing gradient",
+        rows,
+        [figure],
+        extra,
+    )

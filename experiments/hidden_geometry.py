@@ -18,8 +18,8 @@ import numpy as np
 
 from experiments import report
 from experiments.descent import descend
-from jaxnet import losses, optim
 from jaxnet import layers as L
+from jaxnet import losses, optim
 
 SNAPSHOTS = (0, 10, 25, 100, 2000)
 SEEDS = 8
@@ -30,7 +30,9 @@ HIDDEN, OUTPUT = L.serial(L.Dense(2), L.Tanh), L.Dense(1)
 def noisy_xor(n_per_cluster: int, seed: int = 0, noise: float = 0.25):
     rng = np.random.default_rng(seed)
     centres = np.array([[1, 1], [-1, -1], [1, -1], [-1, 1]], np.float32)
-    x = np.concatenate([c + noise * rng.normal(size=(n_per_cluster, 2)) for c in centres]).astype(np.float32)
+    x = np.concatenate([c + noise * rng.normal(size=(n_per_cluster, 2)) for c in centres]).astype(
+        np.float32
+    )
     y = np.repeat([0, 0, 1, 1], n_per_cluster).astype(np.float32)
     return x, y
 
@@ -51,7 +53,15 @@ def train_with_snapshots(x, y, seed: int, optimizer):
             done = at
         h = HIDDEN.apply(params[0], x)
         z = OUTPUT.apply(params[1], h)[:, 0]
-        snapshots.append((at, np.asarray(h), params[1], float(jnp.mean((z > 0) == (y > 0.5))), float(risk(params, x, y))))
+        snapshots.append(
+            (
+                at,
+                np.asarray(h),
+                params[1],
+                float(jnp.mean((z > 0) == (y > 0.5))),
+                float(risk(params, x, y)),
+            )
+        )
     return snapshots
 
 
@@ -61,7 +71,9 @@ def draw_hidden(ax, h, y, out, title):
     t = np.linspace(-1.1, 1.1, 2)
     if abs(w[1]) > 1e-6:  # the output unit's line w . h + b = 0
         ax.plot(t, -(w[0] * t + b) / w[1], color="k", lw=1)
-    ax.set(title=title, xlim=(-1.1, 1.1), ylim=(-1.1, 1.1), aspect="equal", xlabel="h1", ylabel="h2")
+    ax.set(
+        title=title, xlim=(-1.1, 1.1), ylim=(-1.1, 1.1), aspect="equal", xlabel="h1", ylabel="h2"
+    )
 
 
 def run(out_dir: str, quick: bool = False) -> dict:
@@ -82,10 +94,29 @@ def run(out_dir: str, quick: bool = False) -> dict:
         rows.append({"step": at, "accuracy": accuracy, "risk": r})
     if stuck:
         at, h, out, accuracy, _ = runs[stuck[0]][-1]
-        draw_hidden(axes[0, -1], h, np.asarray(y), out, f"seed {stuck[0]}, step {at}: stuck\naccuracy {accuracy:.1%}")
+        draw_hidden(
+            axes[0, -1],
+            h,
+            np.asarray(y),
+            out,
+            f"seed {stuck[0]}, step {at}: stuck\naccuracy {accuracy:.1%}",
+        )
     figure = report.save_figure(fig, out_dir, "hidden_geometry")
-    seeds = [{"seed": s, "final accuracy": snaps[-1][3], "final risk": snaps[-1][4], "separates XOR": s in solved} for s, snaps in runs.items()]
+    seeds = [
+        {
+            "seed": s,
+            "final accuracy": snaps[-1][3],
+            "final risk": snaps[-1][4],
+            "separates XOR": s in solved,
+        }
+        for s, snaps in runs.items()
+    ]
     return report.write_results(
-        out_dir, "hidden_geometry", "Hidden-unit geometry: noisy XOR through a 2-unit hidden layer", rows, [figure],
-        {"shown_seed": shown, "solved": len(solved), "seeds": SEEDS}, {f"All {SEEDS} seeds after {SNAPSHOTS[-1]} Adam steps": seeds},
+        out_dir,
+        "hidden_geometry",
+        "Hidden-unit geometry: noisy XOR through a 2-unit hidden layer",
+        rows,
+        [figure],
+        {"shown_seed": shown, "solved": len(solved), "seeds": SEEDS},
+        {f"All {SEEDS} seeds after {SNAPSHOTS[-1]} Adam steps": seeds},
     )

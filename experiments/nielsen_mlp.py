@@ -17,9 +17,16 @@ from experiments import report
 from jaxnet.data import DatasetNotFoundError, load_dataset
 from jaxnet.training import trainer
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ at the repository root
+sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # configs/ at the repository root
 
-SLIDES = {("binary_cross_entropy", 30): 0.9549, ("binary_cross_entropy", 100): 0.9682, ("quadratic", 30): 0.9542, ("quadratic", 100): 0.9659}
+SLIDES = {
+    ("binary_cross_entropy", 30): 0.9549,
+    ("binary_cross_entropy", 100): 0.9682,
+    ("quadratic", 30): 0.9542,
+    ("quadratic", 100): 0.9659,
+}
 COST_NAMES = {"binary_cross_entropy": "cross-entropy", "quadratic": "quadratic"}
 
 
@@ -44,15 +51,43 @@ def run(out_dir: str, quick: bool = False, seed: int = 0) -> dict:
         if quick:  # scikit-learn's 8x8 digits, a few epochs: every code path in seconds
             config.dataset.validation_size, config.epochs = 300, 3
         name = f"{COST_NAMES[loss]} {64 if quick else 784}-{width}-10"
-        workdir = os.path.join(out_dir, "runs", "nielsen_mlp", f"{dataset_name}-{loss}-{width}-seed{seed}-{config.epochs}ep")
-        summary = trainer.train_and_evaluate(config, workdir, log=lambda *a, **k: None, progress=False)
-        rows.append({"network and cost": name, "dataset": dataset_name, "test accuracy": summary["test_accuracy"], "slides (MNIST)": slides,
-                     "epochs": summary["epochs_run"], "train seconds": summary["train_seconds"]})
+        workdir = os.path.join(
+            out_dir,
+            "runs",
+            "nielsen_mlp",
+            f"{dataset_name}-{loss}-{width}-seed{seed}-{config.epochs}ep",
+        )
+        summary = trainer.train_and_evaluate(
+            config, workdir, log=lambda *a, **k: None, progress=False
+        )
+        rows.append(
+            {
+                "network and cost": name,
+                "dataset": dataset_name,
+                "test accuracy": summary["test_accuracy"],
+                "slides (MNIST)": slides,
+                "epochs": summary["epochs_run"],
+                "train seconds": summary["train_seconds"],
+            }
+        )
         histories[name] = report.read_history(workdir)
     fig, axes = report.figure()
     for name, history in histories.items():
-        axes[0, 0].plot([h["epoch"] for h in history], [100 * (1 - h["val_error"]) for h in history], label=name)
-    axes[0, 0].set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"Nielsen's MLP on {dataset_name}, batch 10, eta 0.5")
+        axes[0, 0].plot(
+            [h["epoch"] for h in history], [100 * (1 - h["val_error"]) for h in history], label=name
+        )
+    axes[0, 0].set(
+        xlabel="epoch",
+        ylabel="validation accuracy (%)",
+        title=f"Nielsen's MLP on {dataset_name}, batch 10, eta 0.5",
+    )
     axes[0, 0].legend(fontsize=8)
     figure = report.save_figure(fig, out_dir, "nielsen_mlp")
-    return report.write_results(out_dir, "nielsen_mlp", f"The slides' MLP on {dataset_name} beside their MNIST accuracies", rows, [figure], {"seed": seed})
+    return report.write_results(
+        out_dir,
+        "nielsen_mlp",
+        f"The slides' MLP on {dataset_name} beside their MNIST accuracies",
+        rows,
+        [figure],
+        {"seed": seed},
+    )

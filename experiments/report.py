@@ -37,11 +37,24 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_results(
-    out_dir: str, name: str, title: str, rows: list[dict], figures: list[str], extra: dict | None = None, more_tables: dict | None = None
+    out_dir: str,
+    name: str,
+    title: str,
+    rows: list[dict],
+    figures: list[str],
+    extra: dict | None = None,
+    more_tables: dict | None = None,
 ) -> dict:
     """{name}.json (rows, more tables, figures, extra) and {name}.md (title, tables, figure links) in out_dir."""
     more_tables = more_tables or {}
-    result = {"name": name, "title": title, "rows": rows, "more_tables": more_tables, "figures": [os.path.basename(f) for f in figures], **(extra or {})}
+    result = {
+        "name": name,
+        "title": title,
+        "rows": rows,
+        "more_tables": more_tables,
+        "figures": [os.path.basename(f) for f in figures],
+        **(extra or {}),
+    }
     with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump(result, f, indent=2)
     md = [f"# {title}", "", markdown_table(rows), ""]

@@ -27,7 +27,9 @@ def blobs(n_per_class: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     angles = np.deg2rad([90, 210, 330])
     centres = 2.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    x = np.concatenate([c + rng.normal(scale=1.0, size=(n_per_class, 2)) for c in centres]).astype(np.float32)
+    x = np.concatenate([c + rng.normal(scale=1.0, size=(n_per_class, 2)) for c in centres]).astype(
+        np.float32
+    )
     y = np.repeat(np.arange(3), n_per_class).astype(np.int32)
     return x, y
 
@@ -53,14 +55,21 @@ def draw_simplex(ax, p, y, title):
     ax.fill(*CORNERS.T, color="0.95")
     ax.plot(*np.vstack([CORNERS, CORNERS[:1]]).T, color="0.3", lw=1)
     centre = CORNERS.mean(axis=0)
-    for i in range(3):  # boundary between regions j and k: from 1/3 (1,1,1) to the midpoint of edge e_j e_k
+    for i in range(
+        3
+    ):  # boundary between regions j and k: from 1/3 (1,1,1) to the midpoint of edge e_j e_k
         mid = (CORNERS[(i + 1) % 3] + CORNERS[(i + 2) % 3]) / 2
         ax.plot([centre[0], mid[0]], [centre[1], mid[1]], color="tab:blue", lw=1.2)
     pts = to_plane(p)
     for c, colour in enumerate(("tab:red", "tab:green", "tab:purple")):
         ax.scatter(*pts[y == c].T, s=6, color=colour, alpha=0.6, label=f"class {c + 1}")
     for i, name in enumerate(("e1", "e2", "e3")):
-        ax.annotate(name, CORNERS[i], textcoords="offset points", xytext=(-14 if i == 0 else 4, -10 if i < 2 else 4))
+        ax.annotate(
+            name,
+            CORNERS[i],
+            textcoords="offset points",
+            xytext=(-14 if i == 0 else 4, -10 if i < 2 else 4),
+        )
     ax.set(title=title, aspect="equal", xticks=[], yticks=[])
 
 
@@ -72,13 +81,28 @@ def run(out_dir: str, quick: bool = False) -> dict:
     for col, (when, params) in enumerate((("before training", before), ("after training", after))):
         p = np.asarray(activations.softmax(net.apply(params, jnp.asarray(x))))
         accuracy = float(np.mean(p.argmax(axis=1) == y))
-        rows.append({
-            "when": when, "accuracy": accuracy, "mean max p": float(p.max(axis=1).mean()),
-            "max |sum p - 1|": float(np.max(np.abs(p.sum(axis=1) - 1))), "min p": float(p.min()),
-        })
+        rows.append(
+            {
+                "when": when,
+                "accuracy": accuracy,
+                "mean max p": float(p.max(axis=1).mean()),
+                "max |sum p - 1|": float(np.max(np.abs(p.sum(axis=1) - 1))),
+                "min p": float(p.min()),
+            }
+        )
         draw_simplex(axes[0, col], p, y, f"p {when}: accuracy {accuracy:.1%}")
     axes[0, 1].legend(fontsize=8, loc="upper right")
     figure = report.save_figure(fig, out_dir, "simplex")
     unit = activations.softmax(jnp.zeros(3))
-    extra = {"softmax_of_equal_scores": np.asarray(unit).tolist(), "notes": "boundaries meet at the unit point 1/e = 1/3"}
-    return report.write_results(out_dir, "simplex", "Soft-max outputs in the 2-simplex, before and after training", rows, [figure], extra)
+    extra = {
+        "softmax_of_equal_scores": np.asarray(unit).tolist(),
+        "notes": "boundaries meet at the unit point 1/e = 1/3",
+    }
+    return report.write_results(
+        out_dir,
+        "simplex",
+        "Soft-max outputs in the 2-simplex, before and after training",
+        rows,
+        [figure],
+        extra,
+    )

@@ -43,19 +43,36 @@ def train(cost, w: float, b: float, epochs: int = EPOCHS, eta: float = ETA):
 
 
 def run(out_dir: str, quick: bool = False) -> dict:
-    curves = {(start, cost): train(COSTS[cost], *STARTS[start]) for start in STARTS for cost in COSTS}
+    curves = {
+        (start, cost): train(COSTS[cost], *STARTS[start]) for start in STARTS for cost in COSTS
+    }
     fig, axes = report.figure(ncols=2)
     for (start, cost), (a, c) in curves.items():
         style = "-" if cost == "quadratic" else "--"
         axes[0, 0].plot(a, style, label=f"{cost}, {start}")
         axes[0, 1].plot(c, style, label=f"{cost}, {start}")
-    axes[0, 0].set(xlabel="epoch", ylabel="output a", title="Output of one sigmoid neuron (target 0)")
+    axes[0, 0].set(
+        xlabel="epoch", ylabel="output a", title="Output of one sigmoid neuron (target 0)"
+    )
     axes[0, 1].set(xlabel="epoch", ylabel="cost C", title="Cost", yscale="log")
     axes[0, 0].legend(fontsize=8)
     figure = report.save_figure(fig, out_dir, "slowdown")
     rows = [
-        {"cost": cost, "start": start, "a at epoch 0": float(a[0]), "a at epoch 150": float(a[150]), "a at epoch 300": float(a[300])}
+        {
+            "cost": cost,
+            "start": start,
+            "a at epoch 0": float(a[0]),
+            "a at epoch 150": float(a[150]),
+            "a at epoch 300": float(a[300]),
+        }
         for (start, cost), (a, _) in curves.items()
     ]
     notes = "slides 003: a = 0.82 and 0.98 at epoch 0; about 0.09 after 300 epochs (quadratic, 0.6/0.9); little change in the first 150 epochs (quadratic, 2.0/2.0)"
-    return report.write_results(out_dir, "slowdown", "Learning slowdown of one sigmoid neuron", rows, [figure], {"notes": notes})
+    return report.write_results(
+        out_dir,
+        "slowdown",
+        "Learning slowdown of one sigmoid neuron",
+        rows,
+        [figure],
+        {"notes": notes},
+    )

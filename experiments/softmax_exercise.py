@@ -41,7 +41,9 @@ def train_80_20(loss, steps: int, eta: float = 0.01, b: float = -1.0):
 
     def step(b, _):
         z = activations.sigmoid(b)
-        return b - eta * jax.grad(lambda b: loss(jnp.full(t.shape, activations.sigmoid(b)), t))(b), z
+        return b - eta * jax.grad(lambda b: loss(jnp.full(t.shape, activations.sigmoid(b)), t))(
+            b
+        ), z
 
     b, zs = jax.lax.scan(step, jnp.asarray(b), None, length=steps)
     return np.append(zs, activations.sigmoid(b))
@@ -50,7 +52,14 @@ def train_80_20(loss, steps: int, eta: float = 0.01, b: float = -1.0):
 def run(out_dir: str, quick: bool = False) -> dict:
     exps, probs, grads = exercise()
     rows = [
-        {"class": i + 1, "exp(z)": float(e), "Prob": float(p), "notes' Prob": NOTES_PROBS[i], "d log Prob(2) / dz": float(g), "notes' gradient": NOTES_GRADS[i]}
+        {
+            "class": i + 1,
+            "exp(z)": float(e),
+            "Prob": float(p),
+            "notes' Prob": NOTES_PROBS[i],
+            "d log Prob(2) / dz": float(g),
+            "notes' gradient": NOTES_GRADS[i],
+        }
         for i, (e, p, g) in enumerate(zip(exps, probs, grads))
     ]
     steps = 300 if quick else 2000
@@ -62,14 +71,32 @@ def run(out_dir: str, quick: bool = False) -> dict:
         axes[0, 0].plot(zgrid, energy / np.min(energy), label=name)
         axes[0, 1].plot(np.arange(1, len(paths[name]) + 1), paths[name], label=name)
     axes[0, 0].axvline(0.8, color="gray", lw=0.8)
-    axes[0, 0].set(xlabel="output z", ylabel="E(z) / min E", title="80 targets 1, 20 targets 0: E is least at z = 0.8", ylim=(0.9, 3))
+    axes[0, 0].set(
+        xlabel="output z",
+        ylabel="E(z) / min E",
+        title="80 targets 1, 20 targets 0: E is least at z = 0.8",
+        ylim=(0.9, 3),
+    )
     axes[0, 1].axhline(0.8, color="gray", lw=0.8)
-    axes[0, 1].set(xlabel="gradient-descent step + 1", ylabel="output z", title="Training the output from z = 0.27", xscale="log")
+    axes[0, 1].set(
+        xlabel="gradient-descent step + 1",
+        ylabel="output z",
+        title="Training the output from z = 0.27",
+        xscale="log",
+    )
     axes[0, 0].legend(fontsize=8)
     figure = report.save_figure(fig, out_dir, "softmax_exercise")
     extra = {"sum_exp": float(np.sum(exps)), "notes_sum_exp": 30.193}
-    case = [{"loss": name, "output after training": float(path[-1]), "notes": 0.8, "steps": steps} for name, path in paths.items()]
+    case = [
+        {"loss": name, "output after training": float(path[-1]), "notes": 0.8, "steps": steps}
+        for name, path in paths.items()
+    ]
     return report.write_results(
-        out_dir, "softmax_exercise", "Softmax exercise (z = 1, 2, 3; correct class 2) and the 80/20 case", rows, [figure], extra,
+        out_dir,
+        "softmax_exercise",
+        "Softmax exercise (z = 1, 2, 3; correct class 2) and the 80/20 case",
+        rows,
+        [figure],
+        extra,
         {"One input, 80 targets 1 and 20 targets 0 (eta = 0.01, z = sigma(b) from b = -1)": case},
     )

@@ -29,7 +29,9 @@ from jaxnet.losses import Loss
 
 def _as_layer_list(network: Layer, params):
     if not isinstance(network, Layer):
-        raise TypeError(f"network must be a jaxnet Layer (e.g. from serial), got {type(network).__name__}")
+        raise TypeError(
+            f"network must be a jaxnet Layer (e.g. from serial), got {type(network).__name__}"
+        )
     if network.name == "serial":
         return network.spec["layers"], tuple(params), lambda grads: grads
     return (network,), (params,), lambda grads: grads[0]
@@ -37,7 +39,9 @@ def _as_layer_list(network: Layer, params):
 
 def _check_loss(loss):
     if not isinstance(loss, Loss):
-        raise TypeError(f"loss must be a jaxnet.losses.Loss (value and derivative), e.g. losses.CROSS_ENTROPY_FROM_LOGITS; got {loss!r}")
+        raise TypeError(
+            f"loss must be a jaxnet.losses.Loss (value and derivative), e.g. losses.CROSS_ENTROPY_FROM_LOGITS; got {loss!r}"
+        )
 
 
 def backprop(network: Layer, params, x, targets, loss: Loss, *, key=None):
@@ -56,7 +60,9 @@ def backprop(network: Layer, params, x, targets, loss: Loss, *, key=None):
         grads = [None] * len(layers)
         for k in reversed(range(len(layers))):
             J_w, J_x = layers[k].jacobians(params[k], xs[k], n, key=keys[k])
-            grads[k] = jax.tree_util.tree_map(lambda J: jnp.tensordot(g, J, axes=g.ndim), J_w)  # (2)
+            grads[k] = jax.tree_util.tree_map(
+                lambda J: jnp.tensordot(g, J, axes=g.ndim), J_w
+            )  # (2)
             if k > 0:
                 g = jnp.tensordot(g, J_x, axes=g.ndim)  # (3)
         return tuple(grads)

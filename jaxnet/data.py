@@ -30,7 +30,13 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = [
-    "DATASETS", "Dataset", "DatasetNotFoundError", "Split", "load_dataset", "parse_idx", "read_idx",
+    "DATASETS",
+    "Dataset",
+    "DatasetNotFoundError",
+    "Split",
+    "load_dataset",
+    "parse_idx",
+    "read_idx",
 ]
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits", "synthetic")
@@ -39,14 +45,21 @@ DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits", "synthetic")
 SYSTEM_DIRS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",)}
 
 # The standard MNIST file names; each may also end in .gz, or have '.idx' for '-idx' (train-images.idx3-ubyte).
-IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 CIFAR10_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
 
 # digits has no official test split: a stratified 20% of each class, drawn with a fixed seed, is the test split.
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 0
 
-SYNTHETIC_NOISE = 0.5  # standard deviation of the Gaussian noise added to each pixel of the prototypes
+SYNTHETIC_NOISE = (
+    0.5  # standard deviation of the Gaussian noise added to each pixel of the prototypes
+)
 
 _NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "digits": 10}
 
@@ -58,7 +71,8 @@ _HOW_TO_GET = {
     "mnist": (
         "put the four MNIST IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
         "t10k-labels-idx1-ubyte, each gzipped or not) in a directory DIR and pass data_dir=DIR "
-        "(--config.dataset.data_dir=DIR); " + _IDX_TFDS_HINT.format(name="mnist")
+        "(--config.dataset.data_dir=DIR); "
+        + _IDX_TFDS_HINT.format(name="mnist")
         + ". Offline, --config.dataset.name=fashion_mnist works after `apt-get install dataset-fashion-mnist`."
     ),
     "fashion_mnist": (
@@ -92,7 +106,9 @@ class Split:
     def __post_init__(self):
         images, labels = np.asarray(self.images, np.float32), np.asarray(self.labels, np.int32)
         if images.ndim != 4 or labels.shape != images.shape[:1]:
-            raise ValueError(f"Split needs images (N, H, W, C) and labels (N,); got {images.shape} and {labels.shape}")
+            raise ValueError(
+                f"Split needs images (N, H, W, C) and labels (N,); got {images.shape} and {labels.shape}"
+            )
         object.__setattr__(self, "images", images)
         object.__setattr__(self, "labels", labels)
 
@@ -123,7 +139,9 @@ class _Skip(Exception):
 
 
 class _Arrays(NamedTuple):
-    train_images: np.ndarray  # (N, H, W, C), any real dtype: divided by `maximum` once the splits are drawn
+    train_images: (
+        np.ndarray
+    )  # (N, H, W, C), any real dtype: divided by `maximum` once the splits are drawn
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
@@ -149,14 +167,22 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
         )
     ndim, header = raw[3], 4 + 4 * raw[3]
     if len(raw) < header:
-        raise ValueError(f"{name}: truncated IDX header: {len(raw)} bytes, {header} needed for {ndim} dimensions")
+        raise ValueError(
+            f"{name}: truncated IDX header: {len(raw)} bytes, {header} needed for {ndim} dimensions"
+        )
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected, found = math.prod(shape) * dtype.itemsize, len(raw) - header
     if found != expected:
         problem = "truncated IDX file" if found < expected else "IDX file with trailing bytes"
-        raise ValueError(f"{name}: {problem}: the header says {dtype} of shape {shape} ({expected} bytes), the file has {found}")
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+        raise ValueError(
+            f"{name}: {problem}: the header says {dtype} of shape {shape} ({expected} bytes), the file has {found}"
+        )
+    return (
+        np.frombuffer(raw, dtype, offset=header)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="), copy=False)
+    )
 
 
 def read_idx(path) -> np.ndarray:
@@ -183,18 +209,26 @@ def _find_idx(directory: str, stem: str) -> str | None:
 
 def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
     if labels.size and labels.max() >= num_classes:
-        raise ValueError(f"{where}: label {int(labels.max())} out of range: expected 0 ... {num_classes - 1}")
+        raise ValueError(
+            f"{where}: label {int(labels.max())} out of range: expected 0 ... {num_classes - 1}"
+        )
     return labels.astype(np.int32)
 
 
 def _idx_pair(images_path: str, labels_path: str, num_classes: int):
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{images_path}: expected images: unsigned bytes (N, H, W), magic 00000803; got {images.dtype} {images.shape}")
+        raise ValueError(
+            f"{images_path}: expected images: unsigned bytes (N, H, W), magic 00000803; got {images.dtype} {images.shape}"
+        )
     if labels.ndim != 1 or labels.dtype != np.uint8:
-        raise ValueError(f"{labels_path}: expected labels: unsigned bytes (N,), magic 00000801; got {labels.dtype} {labels.shape}")
+        raise ValueError(
+            f"{labels_path}: expected labels: unsigned bytes (N,), magic 00000801; got {labels.dtype} {labels.shape}"
+        )
     if len(images) != len(labels):
-        raise ValueError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
+        raise ValueError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
+        )
     return images[..., None], _check_labels(labels, num_classes, labels_path)
 
 
@@ -208,7 +242,11 @@ def _idx_source(directory: str, num_classes: int) -> _Source:
             raise _Skip("no IDX files there")
         if missing:
             raise _Skip(f"incomplete: {', '.join(missing)} missing")
-        return _Arrays(*_idx_pair(paths[0], paths[1], num_classes), *_idx_pair(paths[2], paths[3], num_classes), 255)
+        return _Arrays(
+            *_idx_pair(paths[0], paths[1], num_classes),
+            *_idx_pair(paths[2], paths[3], num_classes),
+            255,
+        )
 
     return _Source(f"IDX files in {directory}", load)
 
@@ -219,7 +257,9 @@ def _idx_source(directory: str, num_classes: int) -> _Source:
 def _read_cifar10_bin(path: str):
     raw = np.fromfile(path, np.uint8)
     if raw.size == 0 or raw.size % 3073:
-        raise ValueError(f"{path}: not a CIFAR-10 binary batch: {raw.size} bytes is not a positive multiple of 3073 (1 label + 32x32x3)")
+        raise ValueError(
+            f"{path}: not a CIFAR-10 binary batch: {raw.size} bytes is not a positive multiple of 3073 (1 label + 32x32x3)"
+        )
     records = raw.reshape(-1, 3073)
     images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return images, _check_labels(records[:, 0], 10, path)
@@ -246,7 +286,9 @@ def _cifar10_bin_source(directory: str) -> _Source:
 
 def _default_tfds_data_dir() -> str:
     """TFDS's default data dir: $TFDS_DATA_DIR, or else ~/tensorflow_datasets (as tfds computes it)."""
-    return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+    return os.environ.get("TFDS_DATA_DIR") or os.path.join(
+        os.path.expanduser("~"), "tensorflow_datasets"
+    )
 
 
 def _version_key(version: str) -> tuple[int, ...]:
@@ -256,26 +298,38 @@ def _version_key(version: str) -> tuple[int, ...]:
 def _tfds_source(name: str, root: str) -> _Source:
     def load():
         folder = os.path.join(root, name)
-        versions = [v for v in (os.listdir(folder) if os.path.isdir(folder) else []) if re.fullmatch(r"\d+\.\d+\.\d+", v)]
-        versions = [v for v in versions if os.path.isfile(os.path.join(folder, v, "dataset_info.json"))]
+        versions = [
+            v
+            for v in (os.listdir(folder) if os.path.isdir(folder) else [])
+            if re.fullmatch(r"\d+\.\d+\.\d+", v)
+        ]
+        versions = [
+            v for v in versions if os.path.isfile(os.path.join(folder, v, "dataset_info.json"))
+        ]
         if not versions:
             raise _Skip(f"no prepared {name} (no {name}/<version>/dataset_info.json)")
         version = max(versions, key=_version_key)
         try:
             import PIL.Image  # noqa: F401  (tfds decodes images with pillow when TensorFlow is absent)
         except ImportError:
-            raise _Skip(f"{name}/{version} is prepared, but reading it needs `pip install pillow`") from None
+            raise _Skip(
+                f"{name}/{version} is prepared, but reading it needs `pip install pillow`"
+            ) from None
         import tensorflow_datasets as tfds
 
         try:
             builder = tfds.builder(f"{name}:{version}", data_dir=root)
         except Exception as e:  # noqa: BLE001  (a broken prepared dir is a skipped source, with the reason)
             raise _Skip(f"{name}/{version} is unreadable: {type(e).__name__}: {e}") from None
-        file_format = getattr(builder.info.file_format, "value", builder.info.file_format) or "tfrecord"
+        file_format = (
+            getattr(builder.info.file_format, "value", builder.info.file_format) or "tfrecord"
+        )
         if not builder.is_prepared():
             raise _Skip(f"{name}/{version} is not completely prepared")
         if file_format not in ("array_record", "parquet"):
-            raise _Skip(f"{name}/{version} is prepared as {file_format}, which needs TensorFlow; prepare it with --file_format=array_record")
+            raise _Skip(
+                f"{name}/{version} is prepared as {file_format}, which needs TensorFlow; prepare it with --file_format=array_record"
+            )
         num_classes = builder.info.features["label"].num_classes
         arrays = []
         for source in builder.as_data_source(split=["train", "test"]):
@@ -314,10 +368,15 @@ def _digits_source() -> _Source:
         return _Arrays(images[~is_test], labels[~is_test], images[is_test], labels[is_test], 16)
 
     fraction = f"{DIGITS_TEST_FRACTION:.0%}"
-    return _Source(f"scikit-learn load_digits (test: a stratified {fraction} of each class, seed {DIGITS_TEST_SEED})", load)
+    return _Source(
+        f"scikit-learn load_digits (test: a stratified {fraction} of each class, seed {DIGITS_TEST_SEED})",
+        load,
+    )
 
 
-def _synthetic_source(shape: tuple[int, ...], classes: int, sizes: tuple[int, int], seed: int) -> _Source:
+def _synthetic_source(
+    shape: tuple[int, ...], classes: int, sizes: tuple[int, int], seed: int
+) -> _Source:
     def load():
         rng = np.random.default_rng([seed, 1])  # a stream apart from the validation permutation's
         prototypes = rng.random((classes, *shape), dtype=np.float32)
@@ -352,7 +411,9 @@ def _sources(name: str, data_dir: str | None, synthetic: tuple, seed: int) -> li
         dirs = [data_dir, os.path.join(data_dir, "cifar-10-batches-bin")] if data_dir else []
         return sources + [_cifar10_bin_source(d) for d in dirs]
     dirs = [data_dir, os.path.join(data_dir, name)] if data_dir else []
-    return sources + [_idx_source(d, _NUM_CLASSES[name]) for d in dirs + list(SYSTEM_DIRS.get(name, ()))]
+    return sources + [
+        _idx_source(d, _NUM_CLASSES[name]) for d in dirs + list(SYSTEM_DIRS.get(name, ()))
+    ]
 
 
 def _is_count(x) -> bool:
@@ -361,7 +422,9 @@ def _is_count(x) -> bool:
 
 def _bad_validation_size(value, n: int | None = None) -> ValueError:
     count = f"a count 0 <= n < {n} (the training split's size)" if n else "a count n >= 0 (an int)"
-    return ValueError(f"validation_size={value!r} is not allowed: use a fraction 0 <= f < 1 of the training split, or {count}")
+    return ValueError(
+        f"validation_size={value!r} is not allowed: use a fraction 0 <= f < 1 of the training split, or {count}"
+    )
 
 
 def _validation_count(value, n: int | None = None) -> int:
@@ -380,11 +443,15 @@ def _validation_count(value, n: int | None = None) -> int:
 def _check_synthetic(shape, classes, sizes) -> tuple:
     shape, sizes = tuple(shape), tuple(sizes)
     if len(shape) != 3 or not all(_is_count(d) and d > 0 for d in shape):
-        raise ValueError(f"synthetic_shape={shape!r} is not allowed: use (H, W, C), three positive ints")
+        raise ValueError(
+            f"synthetic_shape={shape!r} is not allowed: use (H, W, C), three positive ints"
+        )
     if not (_is_count(classes) and classes >= 2):
         raise ValueError(f"synthetic_classes={classes!r} is not allowed: use an int >= 2")
     if len(sizes) != 2 or not all(_is_count(s) and s > 0 for s in sizes):
-        raise ValueError(f"synthetic_size={sizes!r} is not allowed: use (train, test), two positive ints")
+        raise ValueError(
+            f"synthetic_size={sizes!r} is not allowed: use (train, test), two positive ints"
+        )
     return shape, int(classes), sizes
 
 
@@ -413,11 +480,18 @@ def load_dataset(
     if not (_is_count(seed) and seed >= 0):
         raise ValueError(f"seed={seed!r} is not allowed: use an int >= 0")
     data_dir = os.fspath(os.path.expanduser(data_dir)) if data_dir else None
-    synthetic = _check_synthetic(synthetic_shape, synthetic_classes, synthetic_size) if name == "synthetic" else ()
+    synthetic = (
+        _check_synthetic(synthetic_shape, synthetic_classes, synthetic_size)
+        if name == "synthetic"
+        else ()
+    )
     log = log or (lambda *_: None)
 
     sources = _sources(name, data_dir, synthetic, seed)
-    log(f"{name}: sources in order: " + "; ".join(f"{i}) {s.description}" for i, s in enumerate(sources, 1)))
+    log(
+        f"{name}: sources in order: "
+        + "; ".join(f"{i}) {s.description}" for i, s in enumerate(sources, 1))
+    )
     tried = []
     for source in sources:
         try:
@@ -443,8 +517,13 @@ def load_dataset(
         name=name,
         source=source.description,
         tried=tuple(tried),
-        train=Split(_to_unit(arrays.train_images[train], arrays.maximum), arrays.train_labels[train]),
-        validation=Split(_to_unit(arrays.train_images[validation], arrays.maximum), arrays.train_labels[validation]),
+        train=Split(
+            _to_unit(arrays.train_images[train], arrays.maximum), arrays.train_labels[train]
+        ),
+        validation=Split(
+            _to_unit(arrays.train_images[validation], arrays.maximum),
+            arrays.train_labels[validation],
+        ),
         test=Split(_to_unit(arrays.test_images, arrays.maximum), arrays.test_labels),
         num_classes=num_classes,
     )

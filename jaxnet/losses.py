@@ -58,7 +58,9 @@ def as_distribution(labels, scores):
 
 def _check_same_shape(name, prediction, target):
     if jnp.shape(prediction) != jnp.shape(target):
-        raise ValueError(f"{name}: prediction shape {jnp.shape(prediction)} differs from target shape {jnp.shape(target)}")
+        raise ValueError(
+            f"{name}: prediction shape {jnp.shape(prediction)} differs from target shape {jnp.shape(target)}"
+        )
 
 
 # ---------------------------------------------------------------------------------- regression
@@ -98,7 +100,9 @@ def binary_cross_entropy_from_logits(z, y, unit: str = "nats"):
     The equal form log(1 + e^z) - y z cancels when the loss is small (1e-12 relative at z = 8, y = 1).
     """
     _check_same_shape("binary_cross_entropy_from_logits", z, y)
-    return _sum_per_sample(y * jnp.logaddexp(0.0, -z) + (1 - y) * jnp.logaddexp(0.0, z)) / _log_base(unit)
+    return _sum_per_sample(
+        y * jnp.logaddexp(0.0, -z) + (1 - y) * jnp.logaddexp(0.0, z)
+    ) / _log_base(unit)
 
 
 def binary_cross_entropy_from_logits_derivative(z, y, unit: str = "nats"):
@@ -109,7 +113,9 @@ def binary_cross_entropy_from_logits_derivative(z, y, unit: str = "nats"):
 def multi_output_binary_cross_entropy(a, y, unit: str = "nats"):
     """Slides 003: C_n = -sum_j [y_j ln a_j + (1 - y_j) ln(1 - a_j)] for (N, e) independent sigmoid outputs a."""
     if jnp.ndim(a) != 2:
-        raise ValueError(f"multi_output_binary_cross_entropy expects (N, e) outputs, got shape {jnp.shape(a)}")
+        raise ValueError(
+            f"multi_output_binary_cross_entropy expects (N, e) outputs, got shape {jnp.shape(a)}"
+        )
     return binary_cross_entropy(a, y, unit)
 
 
@@ -149,7 +155,9 @@ def zero_one_loss(scores, labels):
     if labels.shape == scores.shape:
         labels = jnp.argmax(labels, axis=-1)
     if labels.shape != scores.shape[:-1]:
-        raise ValueError(f"labels of shape {labels.shape} do not fit scores of shape {scores.shape}")
+        raise ValueError(
+            f"labels of shape {labels.shape} do not fit scores of shape {scores.shape}"
+        )
     return (jnp.argmax(scores, axis=-1) != labels).astype(scores.dtype)
 
 
@@ -164,7 +172,9 @@ def top_k_error(scores, labels, k: int = 5):
     Ties count in the label's favour: it is in the top k when fewer than k classes score strictly higher.
     """
     if not 1 <= k <= scores.shape[-1]:
-        raise ValueError(f"top_k_error needs 1 <= k <= number of classes ({scores.shape[-1]}), got k={k}")
+        raise ValueError(
+            f"top_k_error needs 1 <= k <= number of classes ({scores.shape[-1]}), got k={k}"
+        )
     labels = jnp.asarray(labels)
     if labels.shape == scores.shape:
         labels = jnp.argmax(labels, axis=-1)
@@ -181,7 +191,9 @@ def l2_penalty(params, lam: float, mask=None):
     if mask is not None:
         flags = jax.tree_util.tree_leaves(mask)
         if len(flags) != len(leaves):
-            raise ValueError(f"l2_penalty mask has {len(flags)} leaves but params have {len(leaves)}")
+            raise ValueError(
+                f"l2_penalty mask has {len(flags)} leaves but params have {len(leaves)}"
+            )
         leaves = [leaf for leaf, keep in zip(leaves, flags) if keep]
     return 0.5 * lam * sum(jnp.sum(leaf**2) for leaf in leaves)
 
@@ -190,7 +202,9 @@ def l2_penalty_derivative(params, lam: float, mask=None):
     """d/dw of (lambda / 2) sum w^2 = lambda w (0 for leaves the mask leaves out)."""
     if mask is None:
         return jax.tree_util.tree_map(lambda w: lam * w, params)
-    return jax.tree_util.tree_map(lambda w, keep: lam * w if keep else jnp.zeros_like(w), params, mask)
+    return jax.tree_util.tree_map(
+        lambda w, keep: lam * w if keep else jnp.zeros_like(w), params, mask
+    )
 
 
 # ---------------------------------------------------------------------------------- information
@@ -234,12 +248,27 @@ def risk(loss, prediction, target):
 
 
 QUADRATIC = Loss("quadratic", quadratic, quadratic_derivative)
-BINARY_CROSS_ENTROPY = Loss("binary_cross_entropy", binary_cross_entropy, binary_cross_entropy_derivative)
+BINARY_CROSS_ENTROPY = Loss(
+    "binary_cross_entropy", binary_cross_entropy, binary_cross_entropy_derivative
+)
 BINARY_CROSS_ENTROPY_FROM_LOGITS = Loss(
-    "binary_cross_entropy_from_logits", binary_cross_entropy_from_logits, binary_cross_entropy_from_logits_derivative
+    "binary_cross_entropy_from_logits",
+    binary_cross_entropy_from_logits,
+    binary_cross_entropy_from_logits_derivative,
 )
 CROSS_ENTROPY = Loss("cross_entropy", cross_entropy, cross_entropy_derivative)
-CROSS_ENTROPY_FROM_LOGITS = Loss("cross_entropy_from_logits", cross_entropy_from_logits, cross_entropy_from_logits_derivative)
+CROSS_ENTROPY_FROM_LOGITS = Loss(
+    "cross_entropy_from_logits", cross_entropy_from_logits, cross_entropy_from_logits_derivative
+)
 
-LOSSES = {loss.name: loss for loss in (QUADRATIC, BINARY_CROSS_ENTROPY, BINARY_CROSS_ENTROPY_FROM_LOGITS, CROSS_ENTROPY, CROSS_ENTROPY_FROM_LOGITS)}
+LOSSES = {
+    loss.name: loss
+    for loss in (
+        QUADRATIC,
+        BINARY_CROSS_ENTROPY,
+        BINARY_CROSS_ENTROPY_FROM_LOGITS,
+        CROSS_ENTROPY,
+        CROSS_ENTROPY_FROM_LOGITS,
+    )
+}
 """Every differentiable loss by name, for back-propagation and configs."""

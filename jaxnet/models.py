@@ -49,11 +49,25 @@ def build_model(model_config, num_classes: int) -> L.Layer:
         for width in c.hidden:
             stack += [dense(width), act]
     elif c.kind == "lenet":  # LeCun et al. 1998, with ReLU and max-pooling
-        stack += [conv(6, 5, 1, "same"), act, L.MaxPool(2), conv(16, 5, 1, "valid"), act, L.MaxPool(2), L.Flatten]
+        stack += [
+            conv(6, 5, 1, "same"),
+            act,
+            L.MaxPool(2),
+            conv(16, 5, 1, "valid"),
+            act,
+            L.MaxPool(2),
+            L.Flatten,
+        ]
         stack += [dense(120), act, dense(84), act]
     elif c.kind == "cifar_cnn":  # two conv-conv-pool blocks
         for channels in c.channels:
-            stack += [conv(channels, 3, 1, "same"), act, conv(channels, 3, 1, "same"), act, L.MaxPool(2)]
+            stack += [
+                conv(channels, 3, 1, "same"),
+                act,
+                conv(channels, 3, 1, "same"),
+                act,
+                L.MaxPool(2),
+            ]
         stack.append(L.Flatten)
         for width in c.hidden:
             stack += [dense(width), act]

@@ -79,7 +79,9 @@ def sgd(learning_rate: ScalarOrSchedule) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def momentum(learning_rate: ScalarOrSchedule, mu: ScalarOrSchedule = 0.9, nesterov: bool = False) -> optax.GradientTransformation:
+def momentum(
+    learning_rate: ScalarOrSchedule, mu: ScalarOrSchedule = 0.9, nesterov: bool = False
+) -> optax.GradientTransformation:
     """v <- mu_t v - alpha_t grad;  w <- w + v  (or w <- w + mu_t v - alpha_t grad with nesterov=True)."""
 
     def init(params):
@@ -97,7 +99,9 @@ def momentum(learning_rate: ScalarOrSchedule, mu: ScalarOrSchedule = 0.9, nester
     return optax.GradientTransformation(init, update)
 
 
-def adam(learning_rate: ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+def adam(
+    learning_rate: ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> optax.GradientTransformation:
     """Adam (notes 004): m_t = b1 m + (1-b1) g, v_t = b2 v + (1-b2) g^2, w_t = w - eta m^_t / (sqrt(v^_t) + eps)."""
 
     def init(params):
@@ -109,7 +113,9 @@ def adam(learning_rate: ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.
         v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g**2, state.v, grads)
         eta = _at(learning_rate, state.count)
         c1, c2 = 1 - b1**t, 1 - b2**t  # bias corrections: m^_t = m_t / c1, v^_t = v_t / c2
-        updates = jax.tree_util.tree_map(lambda m, v: -eta * (m / c1) / (jnp.sqrt(v / c2) + eps), m, v)
+        updates = jax.tree_util.tree_map(
+            lambda m, v: -eta * (m / c1) / (jnp.sqrt(v / c2) + eps), m, v
+        )
         return updates, AdamState(t, m, v)
 
     return optax.GradientTransformation(init, update)
@@ -120,7 +126,9 @@ def _masked_decay(lam, params, mask, scale):
     # product would be rounded to float32 before meeting float64 weights.
     if mask is None:
         return jax.tree_util.tree_map(lambda w: scale * (lam * w), params)
-    return jax.tree_util.tree_map(lambda w, keep: scale * (lam * w) if keep else jnp.zeros_like(w), params, mask)
+    return jax.tree_util.tree_map(
+        lambda w, keep: scale * (lam * w) if keep else jnp.zeros_like(w), params, mask
+    )
 
 
 def l2_regularization(lam: float, mask=None) -> optax.GradientTransformation:
@@ -137,7 +145,9 @@ def l2_regularization(lam: float, mask=None) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def decoupled_weight_decay(lam: float, learning_rate: ScalarOrSchedule, mask=None) -> optax.GradientTransformation:
+def decoupled_weight_decay(
+    lam: float, learning_rate: ScalarOrSchedule, mask=None
+) -> optax.GradientTransformation:
     """update <- update - alpha_t lambda w, outside the optimizer's rescaling (Loshchilov and Hutter). Put it after.
 
     mask: a pytree of bools like params choosing the decayed leaves (e.g. False for biases).
@@ -154,6 +164,11 @@ def decoupled_weight_decay(lam: float, learning_rate: ScalarOrSchedule, mask=Non
     return optax.GradientTransformation(init, update)
 
 
-def adamw(learning_rate: ScalarOrSchedule = 1e-3, weight_decay: float = 1e-4, mask=None, **adam_kwargs) -> optax.GradientTransformation:
+def adamw(
+    learning_rate: ScalarOrSchedule = 1e-3, weight_decay: float = 1e-4, mask=None, **adam_kwargs
+) -> optax.GradientTransformation:
     """Adam with decoupled weight decay."""
-    return optax.chain(adam(learning_rate, **adam_kwargs), decoupled_weight_decay(weight_decay, learning_rate, mask))
+    return optax.chain(
+        adam(learning_rate, **adam_kwargs),
+        decoupled_weight_decay(weight_decay, learning_rate, mask),
+    )

@@ -34,7 +34,9 @@ def _check_positive(name: str, value: int) -> int:
 
 def padding_pair(n: int, k: int, s: int, padding: str | tuple[int, int]) -> tuple[int, int]:
     """Padding (before, after) of one dimension of size n for window k, stride s."""
-    n, k, s = (_check_positive(name, v) for name, v in (("input size", n), ("window", k), ("stride", s)))
+    n, k, s = (
+        _check_positive(name, v) for name, v in (("input size", n), ("window", k), ("stride", s))
+    )
     if isinstance(padding, str):
         style = padding.lower()
         if style == "valid":
@@ -44,18 +46,25 @@ def padding_pair(n: int, k: int, s: int, padding: str | tuple[int, int]) -> tupl
         if style == "same":
             total = max((math.ceil(n / s) - 1) * s + k - n, 0)
             return (total // 2, total - total // 2)
-        raise ValueError(f"padding must be one of {PADDING_STYLES} or explicit (lo, hi) pairs, got {padding!r}")
+        raise ValueError(
+            f"padding must be one of {PADDING_STYLES} or explicit (lo, hi) pairs, got {padding!r}"
+        )
     try:
         lo, hi = padding
     except (TypeError, ValueError):
-        raise ValueError(f"explicit padding must be a pair (lo, hi) of integers, got {padding!r}") from None
+        raise ValueError(
+            f"explicit padding must be a pair (lo, hi) of integers, got {padding!r}"
+        ) from None
     if min(lo, hi) < 0:
         raise ValueError(f"explicit padding must be non-negative, got {(lo, hi)}")
     return (int(lo), int(hi))
 
 
 def padding_pairs(
-    spatial_shape: Sequence[int], window: Sequence[int], strides: Sequence[int], padding: PaddingLike
+    spatial_shape: Sequence[int],
+    window: Sequence[int],
+    strides: Sequence[int],
+    padding: PaddingLike,
 ) -> tuple[tuple[int, int], ...]:
     """Padding (before, after) for every spatial dimension."""
     if len(window) != len(spatial_shape) or len(strides) != len(spatial_shape):
@@ -72,7 +81,9 @@ def padding_pairs(
                 f"explicit padding needs one (lo, hi) pair per spatial dimension ({len(spatial_shape)}), "
                 f"got {padding!r}"
             )
-    return tuple(padding_pair(n, k, s, p) for n, k, s, p in zip(spatial_shape, window, strides, per_dim))
+    return tuple(
+        padding_pair(n, k, s, p) for n, k, s, p in zip(spatial_shape, window, strides, per_dim)
+    )
 
 
 def output_size(n: int, k: int, s: int = 1, padding: str | tuple[int, int] = "valid") -> int:
@@ -124,7 +135,9 @@ def receptive_field(stack: Iterable[tuple[int, int]]) -> int:
     return r
 
 
-def conv_param_count(window: Sequence[int], in_channels: int, out_channels: int, bias: bool = True) -> int:
+def conv_param_count(
+    window: Sequence[int], in_channels: int, out_channels: int, bias: bool = True
+) -> int:
     """Parameters of a convolution: m (C k1 k2 + 1) with m = out_channels (notes 002: 34,944 for AlexNet's first layer)."""
     return out_channels * (in_channels * math.prod(window) + int(bias))
 
@@ -171,7 +184,9 @@ def multiply_adds(network, input_shape) -> list[int]:
     from jaxnet.layers.base import forward_with_activations
 
     layers = network.spec["layers"] if network.name == "serial" else (network,)
-    params = jax.eval_shape(lambda key: network.init(key, tuple(input_shape))[1], jax.random.PRNGKey(0))
+    params = jax.eval_shape(
+        lambda key: network.init(key, tuple(input_shape))[1], jax.random.PRNGKey(0)
+    )
     params = params if network.name == "serial" else (params,)
     x = jax.ShapeDtypeStruct((1, *input_shape), "float32")
     outputs = jax.eval_shape(lambda p, x: forward_with_activations(layers, p, x), params, x)[1:]

@@ -44,7 +44,10 @@ class CheckResult:
 
     @property
     def passed(self) -> bool:
-        return bool(self.error_vs_autodiff <= self.tolerance and self.error_vs_finite_differences <= self.tolerance)
+        return bool(
+            self.error_vs_autodiff <= self.tolerance
+            and self.error_vs_finite_differences <= self.tolerance
+        )
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "passed": self.passed}
@@ -73,15 +76,21 @@ def _flat(f, x):
     leaves, treedef = jax.tree_util.tree_flatten(x)
     x_flat = jnp.asarray(np.concatenate([np.ravel(np.asarray(leaf)) for leaf in leaves]))
     if not jnp.issubdtype(x_flat.dtype, jnp.floating):
-        raise TypeError(f"derivatives are taken with respect to floating-point inputs, got dtype {x_flat.dtype}")
+        raise TypeError(
+            f"derivatives are taken with respect to floating-point inputs, got dtype {x_flat.dtype}"
+        )
     shapes = [np.shape(leaf) for leaf in leaves]
     splits = np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1]
 
     def unravel(v):
-        return jax.tree_util.tree_unflatten(treedef, [p.reshape(s) for p, s in zip(jnp.split(v, splits), shapes)])
+        return jax.tree_util.tree_unflatten(
+            treedef, [p.reshape(s) for p, s in zip(jnp.split(v, splits), shapes)]
+        )
 
     def f_flat(v):
-        return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(f(unravel(v)))])
+        return jnp.concatenate(
+            [jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(f(unravel(v)))]
+        )
 
     return f_flat, x_flat
 
@@ -107,7 +116,9 @@ def finite_difference_jacobian(f: Callable, x, step: float = 1.0, levels: int = 
 
     @jax.jit
     def central(h):
-        return (jax.vmap(lambda e: f_flat(x_flat + h * e) - f_flat(x_flat - h * e))(basis) / (2 * h)).T
+        return (
+            jax.vmap(lambda e: f_flat(x_flat + h * e) - f_flat(x_flat - h * e))(basis) / (2 * h)
+        ).T
 
     table = np.asarray(jax.vmap(central)(step / 2.0 ** jnp.arange(levels)))
     best, error = table[0], np.full(table.shape[1:], np.inf)
@@ -125,7 +136,9 @@ def finite_difference_jacobian(f: Callable, x, step: float = 1.0, levels: int = 
     return best
 
 
-def check_jacobian(f: Callable, jacobian, x, *, name: str = "jacobian", tolerance: float = DEFAULT_TOLERANCE) -> CheckResult:
+def check_jacobian(
+    f: Callable, jacobian, x, *, name: str = "jacobian", tolerance: float = DEFAULT_TOLERANCE
+) -> CheckResult:
     """Compare `jacobian` (an array, or a function of x) with jacrev, jacfwd and finite differences of f at x.
 
     The Jacobian is in jax.jacrev's layout: out_shape + in_shape, a pytree of such leaves when x is a pytree.
@@ -135,21 +148,26 @@ def check_jacobian(f: Callable, jacobian, x, *, name: str = "jacobian", toleranc
     f_flat, x_flat = _flat(f, x)
     hand = jacobian_matrix(hand, jax.eval_shape(f_flat, x_flat).size)
     autodiff = max(
-        relative_error(hand, jax.jit(jax.jacrev(f_flat))(x_flat)), relative_error(hand, jax.jit(jax.jacfwd(f_flat))(x_flat))
+        relative_error(hand, jax.jit(jax.jacrev(f_flat))(x_flat)),
+        relative_error(hand, jax.jit(jax.jacfwd(f_flat))(x_flat)),
     )
     fd = relative_error(hand, finite_difference_jacobian(f, x))
     shapes = f"{_shape_str(x)} -> {_shape_str(jax.eval_shape(f, x))}"
     return CheckResult(name, shapes, autodiff, fd, tolerance)
 
 
-def check_gradient(f: Callable, gradient, x, *, name: str = "gradient", tolerance: float = DEFAULT_TOLERANCE) -> CheckResult:
+def check_gradient(
+    f: Callable, gradient, x, *, name: str = "gradient", tolerance: float = DEFAULT_TOLERANCE
+) -> CheckResult:
     """Compare `gradient` (a pytree like x, or a function of x) of the scalar f with jax.grad and finite differences."""
     _require_x64()
     _flat(f, x)  # validates the dtype before jax.grad's less specific error
     hand = gradient(x) if callable(gradient) else gradient
     out = jax.eval_shape(f, x)
     if out.shape != ():
-        raise ValueError(f"check_gradient needs a scalar function; f returns shape {out.shape}: use check_jacobian")
+        raise ValueError(
+            f"check_gradient needs a scalar function; f returns shape {out.shape}: use check_jacobian"
+        )
     hand_flat = np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(hand)])
     f_flat, x_flat = _flat(f, x)
     autodiff = relative_error(hand_flat, jax.jit(jax.grad(lambda v: f_flat(v)[0]))(x_flat))
@@ -233,12 +251,37 @@ def _notes_layer_checks(rng, key):
     for fname in ("sigmoid", "tanh", "relu", "swish"):
         f, f_prime = A.POINT_ACTIVATIONS[fname]
         J_w, J_x = jax.jit(L.dense_activation_jacobians, static_argnums=2)(params, x, f_prime)
-        results.append(check_jacobian(lambda x_: f(params["W"] @ x_ + params["b"]), J_x, x, name=f"dense + {fname}: d x / d x_prev"))
-        results.append(check_jacobian(lambda p: f(p["W"] @ x + p["b"]), J_w, params, name=f"dense + {fname}: d x / d W (Kronecker delta)"))
+        results.append(
+            check_jacobian(
+                lambda x_: f(params["W"] @ x_ + params["b"]),
+                J_x,
+                x,
+                name=f"dense + {fname}: d x / d x_prev",
+            )
+        )
+        results.append(
+            check_jacobian(
+                lambda p: f(p["W"] @ x + p["b"]),
+                J_w,
+                params,
+                name=f"dense + {fname}: d x / d W (Kronecker delta)",
+            )
+        )
     windows = jnp.array([[0, 1, 2], [2, 3, 4], [4, 5, 0]])
     J_w, J_x = jax.jit(L.relu_maxpool_jacobians)(params, x, windows)
-    results.append(check_jacobian(lambda x_: L.relu_maxpool(params, x_, windows), J_x, x, name="ReLU + max-pool: d x / d x_prev"))
-    results.append(check_jacobian(lambda p: L.relu_maxpool(p, x, windows), J_w, params, name="ReLU + max-pool: d x / d W"))
+    results.append(
+        check_jacobian(
+            lambda x_: L.relu_maxpool(params, x_, windows),
+            J_x,
+            x,
+            name="ReLU + max-pool: d x / d x_prev",
+        )
+    )
+    results.append(
+        check_jacobian(
+            lambda p: L.relu_maxpool(p, x, windows), J_w, params, name="ReLU + max-pool: d x / d W"
+        )
+    )
     return results
 
 
@@ -256,20 +299,47 @@ def _loss_checks(rng):
     cases = [
         ("quadratic (1/2)||y' - y||^2", losses.QUADRATIC, s, _normal(rng, (4, 3))),
         ("binary cross-entropy on p", losses.BINARY_CROSS_ENTROPY, s, y),
-        ("binary cross-entropy on logits", losses.BINARY_CROSS_ENTROPY_FROM_LOGITS, 3 * z[:, :3], y),
-        ("binary cross-entropy, logits +-1e4", losses.BINARY_CROSS_ENTROPY_FROM_LOGITS, huge[:, :3], jnp.array([[0.0, 1.0, 1.0]] * 2)),
+        (
+            "binary cross-entropy on logits",
+            losses.BINARY_CROSS_ENTROPY_FROM_LOGITS,
+            3 * z[:, :3],
+            y,
+        ),
+        (
+            "binary cross-entropy, logits +-1e4",
+            losses.BINARY_CROSS_ENTROPY_FROM_LOGITS,
+            huge[:, :3],
+            jnp.array([[0.0, 1.0, 1.0]] * 2),
+        ),
         ("cross-entropy on probabilities", losses.CROSS_ENTROPY, p, labels),
         ("cross-entropy on logits (p - q)", losses.CROSS_ENTROPY_FROM_LOGITS, z, labels),
-        ("cross-entropy on logits, one-hot", losses.CROSS_ENTROPY_FROM_LOGITS, z, jax.nn.one_hot(labels, 5)),
+        (
+            "cross-entropy on logits, one-hot",
+            losses.CROSS_ENTROPY_FROM_LOGITS,
+            z,
+            jax.nn.one_hot(labels, 5),
+        ),
         ("cross-entropy, logits +-1e4", losses.CROSS_ENTROPY_FROM_LOGITS, huge, huge_labels),
     ]
     results = []
     for name, loss, pred, target in cases:
         results.append(
-            check_gradient(lambda q, loss=loss, target=target: jnp.sum(loss.value(q, target)), jax.jit(loss.derivative)(pred, target), pred, name=f"loss: {name}")
+            check_gradient(
+                lambda q, loss=loss, target=target: jnp.sum(loss.value(q, target)),
+                jax.jit(loss.derivative)(pred, target),
+                pred,
+                name=f"loss: {name}",
+            )
         )
     params = {"W": _normal(rng, (3, 4)), "b": _normal(rng, (3,))}
-    results.append(check_gradient(lambda w: losses.l2_penalty(w, 0.3), losses.l2_penalty_derivative(params, 0.3), params, name="weight decay (lambda/2) sum w^2"))
+    results.append(
+        check_gradient(
+            lambda w: losses.l2_penalty(w, 0.3),
+            losses.l2_penalty_derivative(params, 0.3),
+            params,
+            name="weight decay (lambda/2) sum w^2",
+        )
+    )
     return results
 
 
@@ -278,9 +348,33 @@ def _backprop_checks(rng, key):
     from jaxnet import layers as L
 
     networks = [
-        ("MLP 6-8-8-4 sigmoid/relu, cross-entropy", L.serial(L.Dense(8), L.Sigmoid, L.Dense(8), L.Relu, L.Dense(4)), (6,), losses.CROSS_ENTROPY_FROM_LOGITS),
-        ("MLP 5-7-3 tanh + softmax, quadratic", L.serial(L.Dense(7), L.Tanh, L.Dense(3), L.Softmax), (5,), losses.QUADRATIC),
-        ("CNN conv-relu-maxpool-dense, dropout", L.serial(L.Conv2D(3, 3, 1, "same"), L.Relu, L.MaxPool(2), L.Conv2D(2, 2, 2, "valid"), L.Swish(), L.Flatten, L.Dropout(0.3), L.Dense(3)), (8, 8, 2), losses.CROSS_ENTROPY_FROM_LOGITS),
+        (
+            "MLP 6-8-8-4 sigmoid/relu, cross-entropy",
+            L.serial(L.Dense(8), L.Sigmoid, L.Dense(8), L.Relu, L.Dense(4)),
+            (6,),
+            losses.CROSS_ENTROPY_FROM_LOGITS,
+        ),
+        (
+            "MLP 5-7-3 tanh + softmax, quadratic",
+            L.serial(L.Dense(7), L.Tanh, L.Dense(3), L.Softmax),
+            (5,),
+            losses.QUADRATIC,
+        ),
+        (
+            "CNN conv-relu-maxpool-dense, dropout",
+            L.serial(
+                L.Conv2D(3, 3, 1, "same"),
+                L.Relu,
+                L.MaxPool(2),
+                L.Conv2D(2, 2, 2, "valid"),
+                L.Swish(),
+                L.Flatten,
+                L.Dropout(0.3),
+                L.Dense(3),
+            ),
+            (8, 8, 2),
+            losses.CROSS_ENTROPY_FROM_LOGITS,
+        ),
     ]
     results = []
     for name, net, in_shape, loss in networks:
@@ -297,7 +391,10 @@ def _backprop_checks(rng, key):
         def risk(p, net=net, x=x, y=y, loss=loss, drop_key=drop_key):
             return losses.risk(loss, net.apply(p, x, key=drop_key), y)
 
-        for form, fn in (("Algorithm 1, per sample", backprop.backprop), ("batched vjp", backprop.backprop_batched)):
+        for form, fn in (
+            ("Algorithm 1, per sample", backprop.backprop),
+            ("batched vjp", backprop.backprop_batched),
+        ):
             grads = jax.jit(fn, static_argnums=(0, 4))(net, params, x, y, loss, key=drop_key)
             results.append(check_gradient(risk, grads, params, name=f"backprop ({form}): {name}"))
     return results
@@ -308,24 +405,39 @@ def run_all(seed: int = 0) -> list[CheckResult]:
     _require_x64()
     # Inputs come from numpy: drawing them with jax.random would compile a kernel per shape.
     rng, key = np.random.default_rng(seed), jax.random.PRNGKey(seed)
-    return _layer_checks(rng, key) + _notes_layer_checks(rng, key) + _loss_checks(rng) + _backprop_checks(rng, key)
+    return (
+        _layer_checks(rng, key)
+        + _notes_layer_checks(rng, key)
+        + _loss_checks(rng)
+        + _backprop_checks(rng, key)
+    )
 
 
 def format_table(results: list[CheckResult]) -> str:
     """The results as an aligned text table."""
     header = ("check", "shapes", "vs jax (rev+fwd)", "vs finite diff", "result")
     rows = [
-        (r.name, r.shapes, f"{r.error_vs_autodiff:.1e}", f"{r.error_vs_finite_differences:.1e}", "pass" if r.passed else "FAIL")
+        (
+            r.name,
+            r.shapes,
+            f"{r.error_vs_autodiff:.1e}",
+            f"{r.error_vs_finite_differences:.1e}",
+            "pass" if r.passed else "FAIL",
+        )
         for r in results
     ]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    line = lambda row: "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    line = lambda row: "  ".join(
+        str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+    )
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="jaxnet-verify", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument(
+        "--json", action="store_true", help="print the results as JSON instead of a table"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     args = parser.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
@@ -333,11 +445,23 @@ def main(argv=None) -> int:
     results = run_all(args.seed)
     failures = [r for r in results if not r.passed]
     if args.json:
-        print(json.dumps({"seed": args.seed, "tolerance": DEFAULT_TOLERANCE, "passed": not failures, "checks": [r.as_dict() for r in results]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "seed": args.seed,
+                    "tolerance": DEFAULT_TOLERANCE,
+                    "passed": not failures,
+                    "checks": [r.as_dict() for r in results],
+                },
+                indent=2,
+            )
+        )
     else:
         print(format_table(results))
-        print(f"\n{len(results) - len(failures)} passed, {len(failures)} failed "
-              f"(relative error tolerance {DEFAULT_TOLERANCE:g}, float64, seed {args.seed}, {time.perf_counter() - start:.1f} s)")
+        print(
+            f"\n{len(results) - len(failures)} passed, {len(failures)} failed "
+            f"(relative error tolerance {DEFAULT_TOLERANCE:g}, float64, seed {args.seed}, {time.perf_counter() - start:.1f} s)"
+        )
     return 1 if failures else 0
 
 

@@ -30,7 +30,10 @@ def make_case(seed: int):
     dataset = Dataset("toy", "generated", (), split(1000), split(64), split(64), 4)
     config = base_config()
     config.model.kind, config.model.hidden = "mlp", (16,)
-    config.batch_size, config.steps_per_chunk = 32, 2  # 1000 = 31 batches of 32 + a partial one: step 32 ends epoch 1
+    config.batch_size, config.steps_per_chunk = (
+        32,
+        2,
+    )  # 1000 = 31 batches of 32 + a partial one: step 32 ends epoch 1
     config.optimizer.learning_rate = 0.01
     return config, dataset
 
@@ -42,7 +45,9 @@ def params_after_steps(strategy: str, config, dataset, steps: int = STEPS):
     from jaxnet.training import trainer
     from jaxnet.training.loop import Runner, epoch_plan
 
-    _, model, loss_fn, optimizer, state = trainer.setup(config, dataset=dataset, log=lambda *a: None)
+    _, model, loss_fn, optimizer, state = trainer.setup(
+        config, dataset=dataset, log=lambda *a: None
+    )
     runner = Runner(strategy, model, loss_fn, optimizer)
     if runner.multi_process:
         state = jax.tree_util.tree_map(np.asarray, state)
@@ -50,9 +55,13 @@ def params_after_steps(strategy: str, config, dataset, steps: int = STEPS):
     device_state = runner.put_state(state)
     done, epoch = 0, 0
     while done < steps:
-        plan = epoch_plan(len(dataset.train.labels), config.batch_size, config.steps_per_chunk, config.seed, epoch)
+        plan = epoch_plan(
+            len(dataset.train.labels), config.batch_size, config.steps_per_chunk, config.seed, epoch
+        )
         for c in range(plan.indices.shape[0]):
-            device_state, risks = runner.run_chunk(device_state, images, labels, plan.indices[c], plan.weights[c])
+            device_state, risks = runner.run_chunk(
+                device_state, images, labels, plan.indices[c], plan.weights[c]
+            )
             np.asarray(risks)  # wait each chunk, as the trainer does
             done += min(config.steps_per_chunk, plan.steps - c * config.steps_per_chunk)
             if done >= steps:
@@ -70,7 +79,9 @@ def main(port: str, process_id: str, strategy: str, seed: str, out: str) -> None
 
     jax.config.update("jax_enable_x64", True)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(process_id), initialization_timeout=60)
+    jax.distributed.initialize(
+        f"localhost:{port}", num_processes=2, process_id=int(process_id), initialization_timeout=60
+    )
     assert jax.process_count() == 2 and jax.device_count() == 4
     config, dataset = make_case(int(seed))
     leaves = params_after_steps(strategy, config, dataset)

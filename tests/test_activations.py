@@ -52,7 +52,7 @@ def elementwise_grad(f, a):
     return np.asarray(jax.jit(jax.vmap(jax.grad(f)))(a.reshape(-1))).reshape(a.shape)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(f, kw_items):
     return jax.jit(lambda *xs: f(*xs, **dict(kw_items)))
 
@@ -89,7 +89,12 @@ def test_derivative_matches_central_finite_differences(key, name, f, df, kw):
     h = 1e-3
     g = jax.jit(lambda x: f(x, **kw))
     # five-point central differences, error O(h^4)
-    fd = (np.asarray(g(a - 2 * h)) - 8 * np.asarray(g(a - h)) + 8 * np.asarray(g(a + h)) - np.asarray(g(a + 2 * h))) / (12 * h)
+    fd = (
+        np.asarray(g(a - 2 * h))
+        - 8 * np.asarray(g(a - h))
+        + 8 * np.asarray(g(a + h))
+        - np.asarray(g(a + 2 * h))
+    ) / (12 * h)
     # rel err < 1e-7; the tiny atol only matters where f' itself is ~0 (swish's minimum)
     np.testing.assert_allclose(call(df, a, **kw), fd, rtol=1e-7, atol=1e-9)
 
@@ -109,7 +114,9 @@ def test_point_activation_values_match_references(key):
     np.testing.assert_array_equal(call(A.relu, a), np.maximum(a, 0))
     np.testing.assert_allclose(call(A.swish, a), a * scipy.special.expit(a), rtol=1e-14)
     np.testing.assert_allclose(call(A.swish, a), call(jax.nn.silu, a), rtol=1e-14)
-    np.testing.assert_allclose(call(A.swish, a, beta=1.7), a * scipy.special.expit(1.7 * a), rtol=1e-14)
+    np.testing.assert_allclose(
+        call(A.swish, a, beta=1.7), a * scipy.special.expit(1.7 * a), rtol=1e-14
+    )
     np.testing.assert_array_equal(call(A.identity, a), a)
     np.testing.assert_array_equal(call(A.identity_derivative, a), np.ones_like(a))
 
@@ -120,7 +127,9 @@ def test_swish_derivative_formula(key):
     a = rng.normal(size=50) * 3
     beta = float(rng.uniform(0.1, 3.0))
     s = scipy.special.expit(beta * a)
-    np.testing.assert_allclose(call(A.swish_derivative, a, beta=beta), s + beta * a * s * (1 - s), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        call(A.swish_derivative, a, beta=beta), s + beta * a * s * (1 - s), rtol=1e-12, atol=1e-15
+    )
 
 
 # ------------------------------------------------------------------------- saturation
@@ -149,9 +158,13 @@ def test_sigmoid_derivative_saturated_matches_asymptote():
     assert np.all(np.isfinite(d))
     e = np.exp(-np.abs(SATURATED))
     exact = e / (1 + e) ** 2
-    np.testing.assert_allclose(exact, e, rtol=3 * np.exp(-20.0), atol=0)  # the asymptote: relative gap ~ 2 e^-|a|
+    np.testing.assert_allclose(
+        exact, e, rtol=3 * np.exp(-20.0), atol=0
+    )  # the asymptote: relative gap ~ 2 e^-|a|
     # the same quantity through jax.nn.sigmoid, written without cancellation
-    np.testing.assert_allclose(exact, call(lambda x: jax.nn.sigmoid(x) * jax.nn.sigmoid(-x), SATURATED), rtol=1e-14, atol=0)
+    np.testing.assert_allclose(
+        exact, call(lambda x: jax.nn.sigmoid(x) * jax.nn.sigmoid(-x), SATURATED), rtol=1e-14, atol=0
+    )
     np.testing.assert_allclose(d, exact, rtol=1e-12, atol=0)
     np.testing.assert_allclose(d, call(A.sigmoid_derivative, -SATURATED), rtol=1e-12, atol=0)
     # +-1e3: the true derivative e^-1000 underflows to 0
@@ -161,9 +174,13 @@ def test_sigmoid_derivative_saturated_matches_asymptote():
 def test_grad_through_saturated_sigmoid_and_tanh_keeps_relative_precision():
     # jaxnet's sigmoid and tanh are custom_jvps using the derivatives above, so jax.grad is exact on both sides.
     e = np.exp(-np.abs(SATURATED))
-    np.testing.assert_allclose(elementwise_grad(A.sigmoid, SATURATED), e / (1 + e) ** 2, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(
+        elementwise_grad(A.sigmoid, SATURATED), e / (1 + e) ** 2, rtol=1e-12, atol=0
+    )
     e2 = np.exp(-2 * np.abs(SATURATED))
-    np.testing.assert_allclose(elementwise_grad(A.tanh, SATURATED), 4 * e2 / (1 + e2) ** 2, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(
+        elementwise_grad(A.tanh, SATURATED), 4 * e2 / (1 + e2) ** 2, rtol=1e-12, atol=0
+    )
     # JAX's own gradients cancel to exactly 0 at a = +40 (sigmoid) and |a| = 20 (tanh): the reason for the custom_jvps.
     assert elementwise_grad(jax.nn.sigmoid, np.array([40.0]))[0] == 0.0
     assert elementwise_grad(jnp.tanh, np.array([20.0]))[0] == 0.0
@@ -245,8 +262,15 @@ def test_softmax_and_log_softmax_equal_references(key):
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_softmax_axis_argument(key, axis):
     z = rng_from(key).normal(size=(4, 5, 3)) * 2
-    np.testing.assert_allclose(call(A.softmax, z, axis=axis), scipy.special.softmax(z, axis=axis), rtol=1e-13, atol=1e-16)
-    np.testing.assert_allclose(call(A.log_softmax, z, axis=axis), scipy.special.log_softmax(z, axis=axis), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(
+        call(A.softmax, z, axis=axis), scipy.special.softmax(z, axis=axis), rtol=1e-13, atol=1e-16
+    )
+    np.testing.assert_allclose(
+        call(A.log_softmax, z, axis=axis),
+        scipy.special.log_softmax(z, axis=axis),
+        rtol=1e-13,
+        atol=1e-14,
+    )
 
 
 def test_softmax_ties_give_uniform(key):
@@ -261,7 +285,9 @@ def test_softmax_is_shift_invariant(key):
     rng = rng_from(key)
     z = random_logits(rng)
     shift = 1e3 * rng.normal()
-    np.testing.assert_allclose(call(A.softmax, z + shift), scipy.special.softmax(z, axis=-1), rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(
+        call(A.softmax, z + shift), scipy.special.softmax(z, axis=-1), rtol=1e-9, atol=1e-15
+    )
 
 
 def test_softmax_huge_logits_finite(key):
@@ -270,7 +296,9 @@ def test_softmax_huge_logits_finite(key):
     p, lp = call(A.softmax, z), call(A.log_softmax, z)
     assert np.all(np.isfinite(p)) and np.all(np.isfinite(lp))
     np.testing.assert_allclose(np.sum(p, axis=-1), 1.0, rtol=1e-14)
-    np.testing.assert_allclose(lp, z - scipy.special.logsumexp(z, axis=-1, keepdims=True), rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(
+        lp, z - scipy.special.logsumexp(z, axis=-1, keepdims=True), rtol=1e-13, atol=1e-12
+    )
     np.testing.assert_allclose(p, scipy.special.softmax(z, axis=-1), rtol=1e-12, atol=1e-300)
     np.testing.assert_allclose(p, call(jax.nn.softmax, z), rtol=1e-12, atol=1e-300)
     # exact values of a hand-made row
@@ -308,7 +336,9 @@ def test_log_softmax_jacobian_finite_differences(key):
     E = np.eye(z.shape[0]) * h
     f = jax.jit(jax.vmap(A.log_softmax))
     v = {m: np.asarray(f(jnp.asarray(z[None, :] + m * E))) for m in (-2, -1, 1, 2)}
-    fd = ((v[-2] - 8 * v[-1] + 8 * v[1] - v[2]) / (12 * h)).T  # five-point central differences, column k = d/dz_k
+    fd = (
+        (v[-2] - 8 * v[-1] + 8 * v[1] - v[2]) / (12 * h)
+    ).T  # five-point central differences, column k = d/dz_k
     np.testing.assert_allclose(call(A.log_softmax_jacobian, z), fd, rtol=1e-7, atol=1e-9)
 
 
@@ -317,17 +347,25 @@ def test_jacobians_exact_for_huge_logits():
     p = np.array([0.5, 0.0, 0.0, 0.5])
     np.testing.assert_array_equal(call(A.softmax_jacobian, z), np.diag(p) - np.outer(p, p))
     np.testing.assert_array_equal(call(A.log_softmax_jacobian, z), np.eye(4) - p[None, :])
-    np.testing.assert_allclose(call(jax.jacrev(A.softmax), z), np.diag(p) - np.outer(p, p), atol=1e-300)
-    np.testing.assert_allclose(call(jax.jacrev(A.log_softmax), z), np.eye(4) - p[None, :], atol=1e-300)
+    np.testing.assert_allclose(
+        call(jax.jacrev(A.softmax), z), np.diag(p) - np.outer(p, p), atol=1e-300
+    )
+    np.testing.assert_allclose(
+        call(jax.jacrev(A.log_softmax), z), np.eye(4) - p[None, :], atol=1e-300
+    )
 
 
 def test_notes_worked_exercise():
     """Notes 004: z = (1, 2, 3), correct class 2 (index 1 zero-based)."""
     z = np.array([1.0, 2.0, 3.0])
     np.testing.assert_array_equal(np.round(call(A.softmax, z), 2), [0.09, 0.24, 0.67])
-    np.testing.assert_allclose(np.sum(np.exp([1.0, 2.0, 3.0])), 30.193, atol=5e-4)  # the explanation's sum
+    np.testing.assert_allclose(
+        np.sum(np.exp([1.0, 2.0, 3.0])), 30.193, atol=5e-4
+    )  # the explanation's sum
     grad = call(jax.grad(lambda v: A.log_softmax(v)[1]), z)
     np.testing.assert_array_equal(np.round(grad, 2), [-0.09, 0.76, -0.67])
-    np.testing.assert_array_equal(np.round(call(A.log_softmax_jacobian, z)[1], 2), [-0.09, 0.76, -0.67])
+    np.testing.assert_array_equal(
+        np.round(call(A.log_softmax_jacobian, z)[1], 2), [-0.09, 0.76, -0.67]
+    )
     # "the correct class (2) is pushed up, while the incorrect class with the highest activation (3) is pushed down the most"
     assert int(np.argmax(grad)) == 1 and int(np.argmin(grad)) == 2

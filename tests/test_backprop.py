@@ -10,7 +10,13 @@ from jaxnet import backprop, losses
 from jaxnet import layers as L
 from jaxnet.verify import check_gradient, relative_error
 
-POINT = {"sigmoid": L.Sigmoid, "tanh": L.Tanh, "relu": L.Relu, "swish": L.Swish(1.3), "identity": L.Identity}
+POINT = {
+    "sigmoid": L.Sigmoid,
+    "tanh": L.Tanh,
+    "relu": L.Relu,
+    "swish": L.Swish(1.3),
+    "identity": L.Identity,
+}
 
 
 def random_mlp(rng):
@@ -24,14 +30,20 @@ def random_mlp(rng):
 def random_cnn(rng):
     padding = str(rng.choice(["same", "valid", "full"]))
     stack = [
-        L.Conv2D(int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 3)), padding),
+        L.Conv2D(
+            int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 3)), padding
+        ),
         POINT[rng.choice(["relu", "tanh", "swish"])],
         [L.MaxPool(2, 1), L.AvgPool(2, 2, "same"), L.MaxPool(3, 2, "same")][int(rng.integers(3))],
         L.Flatten,
         L.Dropout(0.25),
         L.Dense(int(rng.integers(2, 5))),
     ]
-    return L.serial(*stack), (int(rng.integers(5, 8)), int(rng.integers(5, 8)), int(rng.integers(1, 3)))
+    return L.serial(*stack), (
+        int(rng.integers(5, 8)),
+        int(rng.integers(5, 8)),
+        int(rng.integers(1, 3)),
+    )
 
 
 def _setup(net, in_shape, key, batch):
@@ -59,7 +71,11 @@ def _assert_trees_close(a, b, tol):
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_both_forms_equal_jax_grad_on_random_networks(kind, key):
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist())
-    loss_choices = [losses.CROSS_ENTROPY_FROM_LOGITS, losses.QUADRATIC, losses.BINARY_CROSS_ENTROPY_FROM_LOGITS]
+    loss_choices = [
+        losses.CROSS_ENTROPY_FROM_LOGITS,
+        losses.QUADRATIC,
+        losses.BINARY_CROSS_ENTROPY_FROM_LOGITS,
+    ]
     for trial in range(3):
         net, in_shape = (random_mlp if kind == "mlp" else random_cnn)(rng)
         loss = loss_choices[trial]
@@ -71,8 +87,11 @@ def test_both_forms_equal_jax_grad_on_random_networks(kind, key):
         @jax.jit
         def grads(params, x, y, dropout_key, net=net, loss=loss):
             ref = jax.grad(lambda p: losses.risk(loss, net.apply(p, x, key=dropout_key), y))(params)
-            return (ref, backprop.backprop(net, params, x, y, loss, key=dropout_key),
-                    backprop.backprop_batched(net, params, x, y, loss, key=dropout_key))
+            return (
+                ref,
+                backprop.backprop(net, params, x, y, loss, key=dropout_key),
+                backprop.backprop_batched(net, params, x, y, loss, key=dropout_key),
+            )
 
         ref, per_sample, batched = grads(params, x, y, dropout_key)
         _assert_trees_close(per_sample, ref, 1e-12)
@@ -108,7 +127,9 @@ def test_cross_entropy_after_softmax_gives_p_minus_q_at_the_logits(key):
     z = 3 * jax.random.normal(key, (5, 4))
     labels = jax.random.randint(key, (5,), 0, 4)
     _, g_z = L.Softmax.vjp((), z, losses.cross_entropy_derivative(A.softmax(z), labels))
-    np.testing.assert_allclose(g_z, A.softmax(z) - jax.nn.one_hot(labels, 4), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        g_z, A.softmax(z) - jax.nn.one_hot(labels, 4), rtol=1e-12, atol=1e-15
+    )
 
 
 def test_relu_exactly_at_zero_follows_the_notes_in_both_autodiff_and_backprop():
@@ -136,7 +157,10 @@ def test_single_layer_network_and_running_mean(key):
     x = jax.random.normal(key, (7, 4))
     y = jax.random.randint(key, (7,), 0, 3)
     loss = losses.CROSS_ENTROPY_FROM_LOGITS
-    per_sample = [jax.grad(lambda p: loss.value(layer.apply(p, x[n : n + 1]), y[n : n + 1])[0])(params) for n in range(7)]
+    per_sample = [
+        jax.grad(lambda p: loss.value(layer.apply(p, x[n : n + 1]), y[n : n + 1])[0])(params)
+        for n in range(7)
+    ]
     mean = jax.tree_util.tree_map(lambda *g: sum(g) / 7, *per_sample)
     _assert_trees_close(backprop.backprop(layer, params, x, y, loss), mean, 1e-12)
     _assert_trees_close(backprop.backprop_batched(layer, params, x, y, loss), mean, 1e-12)
@@ -156,6 +180,10 @@ def test_bad_arguments_raise_clear_errors(key):
     net = L.serial(L.Dense(2))
     _, params = net.init(key, (3,))
     with pytest.raises(TypeError, match="losses.Loss"):
-        backprop.backprop(net, params, jnp.ones((1, 3)), jnp.array([0]), losses.cross_entropy_from_logits)
+        backprop.backprop(
+            net, params, jnp.ones((1, 3)), jnp.array([0]), losses.cross_entropy_from_logits
+        )
     with pytest.raises(TypeError, match="jaxnet Layer"):
-        backprop.backprop_batched(lambda p, x: x, params, jnp.ones((1, 3)), jnp.array([0]), losses.QUADRATIC)
+        backprop.backprop_batched(
+            lambda p, x: x, params, jnp.ones((1, 3)), jnp.array([0]), losses.QUADRATIC
+        )

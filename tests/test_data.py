@@ -15,8 +15,14 @@ from jaxnet.data import DATASETS, DatasetNotFoundError, Split, load_dataset, par
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 APT_HINT = "apt-get install dataset-fashion-mnist (CI installs it)"
-_IDX_CODES = {np.dtype("u1"): 0x08, np.dtype("i1"): 0x09, np.dtype("i2"): 0x0B, np.dtype("i4"): 0x0C,
-              np.dtype("f4"): 0x0D, np.dtype("f8"): 0x0E}
+_IDX_CODES = {
+    np.dtype("u1"): 0x08,
+    np.dtype("i1"): 0x09,
+    np.dtype("i2"): 0x0B,
+    np.dtype("i4"): 0x0C,
+    np.dtype("f4"): 0x0D,
+    np.dtype("f8"): 0x0E,
+}
 
 
 def seed_from(key) -> int:
@@ -25,7 +31,10 @@ def seed_from(key) -> int:
 
 def idx_bytes(array) -> bytes:
     array = np.asarray(array)
-    header = bytes([0, 0, _IDX_CODES[array.dtype], array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    header = (
+        bytes([0, 0, _IDX_CODES[array.dtype], array.ndim])
+        + np.asarray(array.shape, ">u4").tobytes()
+    )
     return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
 
 
@@ -38,15 +47,26 @@ def write_idx(path, array):
 
 def tiny_mnist(rng, n_train=12, n_test=5, shape=(4, 3)):
     """Distinct uint8 images (the first pixel is the index) with labels 0..9."""
+
     def split(n, offset):
         images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
         images[:, 0, 0] = np.arange(offset, offset + n)
         return images, (np.arange(n) % 10).astype(np.uint8)
+
     return split(n_train, 0), split(n_test, 100)
 
 
-def write_mnist_dir(directory, train, test, names=("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                                                    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")):
+def write_mnist_dir(
+    directory,
+    train,
+    test,
+    names=(
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ),
+):
     os.makedirs(directory, exist_ok=True)
     for name, array in zip(names, (*train, *test)):
         write_idx(os.path.join(directory, name), array)
@@ -55,17 +75,23 @@ def write_mnist_dir(directory, train, test, names=("train-images-idx3-ubyte.gz",
 
 def rows(split, scale=255):
     """Each example as one byte string (label, then pixels), sorted: a Split (or uint8 images, labels) as a multiset."""
-    images, labels = (np.rint(split.images * scale), split.labels) if isinstance(split, Split) else split
+    images, labels = (
+        (np.rint(split.images * scale), split.labels) if isinstance(split, Split) else split
+    )
     pixels = np.asarray(images, np.uint8).reshape(len(labels), -1)
-    table = np.ascontiguousarray(np.concatenate([np.asarray(labels, np.uint8)[:, None], pixels], axis=1))
+    table = np.ascontiguousarray(
+        np.concatenate([np.asarray(labels, np.uint8)[:, None], pixels], axis=1)
+    )
     return np.sort(table.view(f"V{table.shape[1]}").ravel())
 
 
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a connection or resolve a name fails the test."""
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args!r}")
+
     for name in ("connect", "connect_ex"):
         monkeypatch.setattr(socket.socket, name, refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
@@ -101,32 +127,68 @@ def test_fashion_mnist_from_the_debian_package(fashion):
     assert seconds < 5
     assert d.name == "fashion_mnist" and d.num_classes == 10 and d.input_shape == (28, 28, 1)
     assert d.source == f"IDX files in {DEBIAN_DIR}"
-    assert d.train.images.shape == (54000, 28, 28, 1) and d.validation.images.shape == (6000, 28, 28, 1)
+    assert d.train.images.shape == (54000, 28, 28, 1) and d.validation.images.shape == (
+        6000,
+        28,
+        28,
+        1,
+    )
     assert d.test.images.shape == (10000, 28, 28, 1) and d.test.labels.shape == (10000,)
     for split in (d.train, d.validation, d.test):
         assert split.images.dtype == np.float32 and split.labels.dtype == np.int32
         assert split.images.min() == 0.0 and split.images.max() == 1.0
-        assert set(np.unique(np.rint(split.images[:50] * 255) / 255 - split.images[:50])) <= {0.0}  # k / 255 exactly
+        assert set(np.unique(np.rint(split.images[:50] * 255) / 255 - split.images[:50])) <= {
+            0.0
+        }  # k / 255 exactly
     full_train = np.bincount(np.concatenate([d.train.labels, d.validation.labels]), minlength=10)
     assert full_train.tolist() == [6000] * 10 and np.bincount(d.test.labels).tolist() == [1000] * 10
-    assert d.test.labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]  # the test split, in file order
+    assert d.test.labels[:10].tolist() == [
+        9,
+        2,
+        1,
+        1,
+        6,
+        1,
+        4,
+        6,
+        5,
+        7,
+    ]  # the test split, in file order
 
 
 def test_fashion_mnist_splits_reassemble_the_files(fashion):
     d, _ = fashion
     images = read_idx(f"{DEBIAN_DIR}/train-images-idx3-ubyte.gz")
     labels = read_idx(f"{DEBIAN_DIR}/train-labels-idx1-ubyte.gz")
-    assert images.shape == (60000, 28, 28) and labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
-    both = Split(np.concatenate([d.train.images, d.validation.images]), np.concatenate([d.train.labels, d.validation.labels]))
+    assert images.shape == (60000, 28, 28) and labels[:10].tolist() == [
+        9,
+        0,
+        0,
+        3,
+        0,
+        2,
+        7,
+        2,
+        5,
+        5,
+    ]
+    both = Split(
+        np.concatenate([d.train.images, d.validation.images]),
+        np.concatenate([d.train.labels, d.validation.labels]),
+    )
     assert (rows(both) == rows((images, labels))).all()
     test_images = read_idx(f"{DEBIAN_DIR}/t10k-images-idx3-ubyte.gz")
-    assert (d.test.images[..., 0] == test_images.astype(np.float32) / 255).all()  # untouched, in order
+    assert (
+        d.test.images[..., 0] == test_images.astype(np.float32) / 255
+    ).all()  # untouched, in order
 
 
 def test_fashion_mnist_split_depends_on_the_seed_only(fashion, empty_tfds_dir):
     d, _ = fashion
     again = load_dataset("fashion_mnist", seed=0, log=None)
-    assert (again.validation.images == d.validation.images).all() and (again.train.labels == d.train.labels).all()
+    assert (again.validation.images == d.validation.images).all() and (
+        again.train.labels == d.train.labels
+    ).all()
     other = load_dataset("fashion_mnist", seed=1, validation_size=6000, log=None)
     assert len(other.validation) == 6000 and (other.test.images == d.test.images).all()
     assert (rows(other.validation) != rows(d.validation)).any()
@@ -176,36 +238,71 @@ def test_mnist_from_a_user_data_dir(tmp_path, key, no_network):
     folder = write_mnist_dir(tmp_path / "idx", train, test)
     lines = []
     d = load_dataset("mnist", data_dir=folder, validation_size=3, log=lines.append)
-    assert d.source == f"IDX files in {folder}" and d.input_shape == (4, 3, 1) and d.num_classes == 10
+    assert (
+        d.source == f"IDX files in {folder}" and d.input_shape == (4, 3, 1) and d.num_classes == 10
+    )
     assert (len(d.train), len(d.validation), len(d.test)) == (9, 3, 5)
-    assert (d.test.images[..., 0] == test[0] / np.float32(255)).all() and (d.test.labels == test[1]).all()
-    assert (rows(Split(np.concatenate([d.train.images, d.validation.images]), np.concatenate([d.train.labels, d.validation.labels])))
-            == rows(train)).all()
+    assert (d.test.images[..., 0] == test[0] / np.float32(255)).all() and (
+        d.test.labels == test[1]
+    ).all()
+    assert (
+        rows(
+            Split(
+                np.concatenate([d.train.images, d.validation.images]),
+                np.concatenate([d.train.labels, d.validation.labels]),
+            )
+        )
+        == rows(train)
+    ).all()
     # order: the prepared TFDS data in data_dir first, then the IDX files; the second line names the one used
-    assert d.tried == (f"TFDS prepared data in {folder}: skipped, no prepared mnist (no mnist/<version>/dataset_info.json)",
-                       f"IDX files in {folder}: used")
-    assert lines[0] == f"mnist: sources in order: 1) TFDS prepared data in {folder}; 2) IDX files in {folder}; 3) IDX files in {folder}/mnist"
-    assert len(lines) == 2 and lines[1].startswith(f"mnist: using IDX files in {folder}: 9 train + 3 validation")
+    assert d.tried == (
+        f"TFDS prepared data in {folder}: skipped, no prepared mnist (no mnist/<version>/dataset_info.json)",
+        f"IDX files in {folder}: used",
+    )
+    assert (
+        lines[0]
+        == f"mnist: sources in order: 1) TFDS prepared data in {folder}; 2) IDX files in {folder}; 3) IDX files in {folder}/mnist"
+    )
+    assert len(lines) == 2 and lines[1].startswith(
+        f"mnist: using IDX files in {folder}: 9 train + 3 validation"
+    )
 
 
 def test_idx_files_in_data_dir_subfolder_with_dotted_names(tmp_path, key):
     train, test = tiny_mnist(np.random.default_rng(seed_from(key)))
-    names = ("train-images.idx3-ubyte", "train-labels.idx1-ubyte", "t10k-images.idx3-ubyte.gz", "t10k-labels.idx1-ubyte.gz")
+    names = (
+        "train-images.idx3-ubyte",
+        "train-labels.idx1-ubyte",
+        "t10k-images.idx3-ubyte.gz",
+        "t10k-labels.idx1-ubyte.gz",
+    )
     write_mnist_dir(tmp_path / "mnist", train, test, names)
     d = load_dataset("mnist", data_dir=str(tmp_path), validation_size=0, log=None)
-    assert d.source == f"IDX files in {tmp_path}/mnist" and len(d.validation) == 0 and d.validation.images.shape == (0, 4, 3, 1)
-    assert [t.rsplit(": ", 1)[1] for t in d.tried] == ["skipped, no prepared mnist (no mnist/<version>/dataset_info.json)",
-                                                       "skipped, no IDX files there", "used"]
+    assert (
+        d.source == f"IDX files in {tmp_path}/mnist"
+        and len(d.validation) == 0
+        and d.validation.images.shape == (0, 4, 3, 1)
+    )
+    assert [t.rsplit(": ", 1)[1] for t in d.tried] == [
+        "skipped, no prepared mnist (no mnist/<version>/dataset_info.json)",
+        "skipped, no IDX files there",
+        "used",
+    ]
     assert (d.train.labels == train[1]).all()  # validation_size=0: the training split in file order
 
 
 def test_inconsistent_idx_files_raise_naming_the_file(tmp_path, key):
     train, test = tiny_mnist(np.random.default_rng(seed_from(key)))
-    folder = write_mnist_dir(tmp_path / "labels", train, (test[0], np.array([0, 1, 10, 2, 3], np.uint8)))
+    folder = write_mnist_dir(
+        tmp_path / "labels", train, (test[0], np.array([0, 1, 10, 2, 3], np.uint8))
+    )
     with pytest.raises(ValueError, match=f"{folder}/t10k-labels-idx1-ubyte: label 10 out of range"):
         load_dataset("mnist", data_dir=folder, log=None)
     folder = write_mnist_dir(tmp_path / "counts", train, (test[0], test[1][:4]))
-    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte has 5 images but .*t10k-labels-idx1-ubyte has 4 labels"):
+    with pytest.raises(
+        ValueError,
+        match="t10k-images-idx3-ubyte has 5 images but .*t10k-labels-idx1-ubyte has 4 labels",
+    ):
         load_dataset("mnist", data_dir=folder, log=None)
     folder = write_mnist_dir(tmp_path / "swapped", (train[1], train[0]), test)
     with pytest.raises(ValueError, match=f"{folder}/train-images-idx3-ubyte.gz: expected images"):
@@ -216,28 +313,51 @@ def test_missing_mnist_fails_fast_without_network(tmp_path, empty_tfds_dir, no_n
     train, test = tiny_mnist(np.random.default_rng(0))
     partial = write_mnist_dir(tmp_path / "partial", train, test)
     os.remove(os.path.join(partial, "t10k-labels-idx1-ubyte"))
-    for data_dir, places in [(None, [f"TFDS prepared data in {empty_tfds_dir}"]),
-                             (partial, [f"TFDS prepared data in {partial}", f"IDX files in {partial}: skipped, incomplete: "
-                                        "t10k-labels-idx1-ubyte[.gz] missing", f"IDX files in {partial}/mnist: skipped, no such directory"])]:
+    for data_dir, places in [
+        (None, [f"TFDS prepared data in {empty_tfds_dir}"]),
+        (
+            partial,
+            [
+                f"TFDS prepared data in {partial}",
+                f"IDX files in {partial}: skipped, incomplete: t10k-labels-idx1-ubyte[.gz] missing",
+                f"IDX files in {partial}/mnist: skipped, no such directory",
+            ],
+        ),
+    ]:
         start = time.perf_counter()
         with pytest.raises(DatasetNotFoundError) as error:
             load_dataset("mnist", data_dir=data_dir, log=None)
         assert time.perf_counter() - start < 10
         message = str(error.value)
-        assert isinstance(error.value, FileNotFoundError) and message.startswith("dataset 'mnist' not found")
+        assert isinstance(error.value, FileNotFoundError) and message.startswith(
+            "dataset 'mnist' not found"
+        )
         assert all(place in message for place in places), message
-        for hint in ("train-images-idx3-ubyte", "--config.dataset.data_dir=DIR", "tfds build mnist --file_format=array_record"):
+        for hint in (
+            "train-images-idx3-ubyte",
+            "--config.dataset.data_dir=DIR",
+            "tfds build mnist --file_format=array_record",
+        ):
             assert hint in message
 
 
-def test_missing_fashion_mnist_and_cifar10_say_how_to_get_them(tmp_path, monkeypatch, empty_tfds_dir, no_network):
+def test_missing_fashion_mnist_and_cifar10_say_how_to_get_them(
+    tmp_path, monkeypatch, empty_tfds_dir, no_network
+):
     monkeypatch.setitem(data.SYSTEM_DIRS, "fashion_mnist", (str(tmp_path / "no-package"),))
-    with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist") as error:
+    with pytest.raises(
+        DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"
+    ) as error:
         load_dataset("fashion_mnist", log=None)
     assert f"IDX files in {tmp_path}/no-package: skipped, no such directory" in str(error.value)
-    with pytest.raises(DatasetNotFoundError, match="tfds build cifar10 --file_format=array_record") as error:
+    with pytest.raises(
+        DatasetNotFoundError, match="tfds build cifar10 --file_format=array_record"
+    ) as error:
         load_dataset("cifar10", data_dir=str(tmp_path), log=None)
-    assert f"CIFAR-10 binary batches in {tmp_path}/cifar-10-batches-bin: skipped, no such directory" in str(error.value)
+    assert (
+        f"CIFAR-10 binary batches in {tmp_path}/cifar-10-batches-bin: skipped, no such directory"
+        in str(error.value)
+    )
 
 
 # ------------------------------------------------------------------------------------------- CIFAR-10 and TFDS
@@ -254,7 +374,9 @@ def test_cifar10_binary_batches(tmp_path, key):
     assert (len(d.train), len(d.test)) == (10, 2)
     first = records["data_batch_1.bin"][0]
     assert d.train.labels[0] == first[0]
-    assert (d.train.images[0, 0, 1] * 255 == first[[1 + 1, 1 + 1024 + 1, 1 + 2048 + 1]]).all()  # row 0, column 1: R, G, B
+    assert (
+        d.train.images[0, 0, 1] * 255 == first[[1 + 1, 1 + 1024 + 1, 1 + 2048 + 1]]
+    ).all()  # row 0, column 1: R, G, B
     assert (d.test.labels == records["test_batch.bin"][:, 0]).all()
     (tmp_path / "test_batch.bin").write_bytes(b"\x00" * 3000)
     with pytest.raises(ValueError, match=f"{tmp_path}/test_batch.bin: not a CIFAR-10 binary batch"):
@@ -264,7 +386,9 @@ def test_cifar10_binary_batches(tmp_path, key):
 def prepare_tfds_mnist(data_dir, train, test):
     """A tiny 'mnist' prepared by TFDS in the array_record format, without TensorFlow or network access."""
     tfds = pytest.importorskip("tensorflow_datasets")
-    image_lib = pytest.importorskip("PIL.Image", reason="pip install pillow: TFDS decodes images with it")
+    image_lib = pytest.importorskip(
+        "PIL.Image", reason="pip install pillow: TFDS decodes images with it"
+    )
     import io
 
     from tensorflow_datasets.image_classification.mnist import MNIST
@@ -278,7 +402,10 @@ def prepare_tfds_mnist(data_dir, train, test):
         name = "mnist"
 
         def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(*train), "test": self._generate_examples(*test)}
+            return {
+                "train": self._generate_examples(*train),
+                "test": self._generate_examples(*test),
+            }
 
         def _generate_examples(self, images, labels):
             for i, (x, y) in enumerate(zip(images, labels)):
@@ -291,18 +418,34 @@ def prepare_tfds_mnist(data_dir, train, test):
 def test_prepared_tfds_data_comes_first(tmp_path, key, no_network):
     train, test = tiny_mnist(np.random.default_rng(seed_from(key)), shape=(28, 28))
     prepare_tfds_mnist(tmp_path, (train[0][..., None], train[1]), (test[0][..., None], test[1]))
-    write_mnist_dir(tmp_path, tiny_mnist(np.random.default_rng(1))[0], test)  # also IDX files: TFDS wins
+    write_mnist_dir(
+        tmp_path, tiny_mnist(np.random.default_rng(1))[0], test
+    )  # also IDX files: TFDS wins
     d = load_dataset("mnist", data_dir=str(tmp_path), validation_size=0.25, log=None)
-    assert d.source == f"TFDS prepared data in {tmp_path}" and d.tried == (f"TFDS prepared data in {tmp_path}: used",)
-    assert d.input_shape == (28, 28, 1) and (len(d.train), len(d.validation), len(d.test)) == (9, 3, 5)
-    both = Split(np.concatenate([d.train.images, d.validation.images]), np.concatenate([d.train.labels, d.validation.labels]))
+    assert d.source == f"TFDS prepared data in {tmp_path}" and d.tried == (
+        f"TFDS prepared data in {tmp_path}: used",
+    )
+    assert d.input_shape == (28, 28, 1) and (len(d.train), len(d.validation), len(d.test)) == (
+        9,
+        3,
+        5,
+    )
+    both = Split(
+        np.concatenate([d.train.images, d.validation.images]),
+        np.concatenate([d.train.labels, d.validation.labels]),
+    )
     assert (rows(both) == rows(train)).all() and (rows(d.test) == rows(test)).all()
 
-    info = tmp_path / "mnist" / "3.0.1" / "dataset_info.json"  # as if prepared by tfds.load: TFRecord needs TensorFlow
+    info = (
+        tmp_path / "mnist" / "3.0.1" / "dataset_info.json"
+    )  # as if prepared by tfds.load: TFRecord needs TensorFlow
     info.write_text(json.dumps({**json.loads(info.read_text()), "fileFormat": "tfrecord"}))
     d = load_dataset("mnist", data_dir=str(tmp_path), log=None)
     assert d.source == f"IDX files in {tmp_path}"
-    assert "prepared as tfrecord, which needs TensorFlow; prepare it with --file_format=array_record" in d.tried[0]
+    assert (
+        "prepared as tfrecord, which needs TensorFlow; prepare it with --file_format=array_record"
+        in d.tried[0]
+    )
 
 
 # -------------------------------------------------------------------------------------------- digits and synthetic
@@ -312,39 +455,77 @@ def test_digits_from_scikit_learn(key):
     datasets = pytest.importorskip("sklearn.datasets", reason="pip install scikit-learn")
     seed = seed_from(key)
     d = load_dataset("digits", seed=seed, log=None)
-    assert d.input_shape == (8, 8, 1) and d.num_classes == 10 and d.source.startswith("scikit-learn load_digits")
+    assert (
+        d.input_shape == (8, 8, 1)
+        and d.num_classes == 10
+        and d.source.startswith("scikit-learn load_digits")
+    )
     assert len(d.train) + len(d.validation) + len(d.test) == 1797
     assert len(d.test) == 359 and len(d.validation) == round(0.1 * 1438)
-    everything = Split(np.concatenate([d.train.images, d.validation.images, d.test.images]),
-                       np.concatenate([d.train.labels, d.validation.labels, d.test.labels]))
+    everything = Split(
+        np.concatenate([d.train.images, d.validation.images, d.test.images]),
+        np.concatenate([d.train.labels, d.validation.labels, d.test.labels]),
+    )
     digits = datasets.load_digits()
     assert (rows(everything, 16) == rows((digits.images, digits.target))).all()
     assert everything.images.min() == 0 and everything.images.max() == 1
     per_class = np.bincount(digits.target)
     assert (np.bincount(d.test.labels) == np.round(0.2 * per_class)).all()  # stratified
     other = load_dataset("digits", seed=seed + 1, log=None)
-    assert (other.test.images == d.test.images).all() and (other.test.labels == d.test.labels).all()  # fixed test split
+    assert (other.test.images == d.test.images).all() and (
+        other.test.labels == d.test.labels
+    ).all()  # fixed test split
     assert (rows(other.validation, 16) != rows(d.validation, 16)).any()
 
 
 def test_synthetic_is_deterministic_shaped_and_learnable(key):
     seed = seed_from(key)
-    d = load_dataset("synthetic", seed=seed, validation_size=0.2, synthetic_shape=(6, 5, 2), synthetic_classes=3,
-                     synthetic_size=(300, 90), log=None)
+    d = load_dataset(
+        "synthetic",
+        seed=seed,
+        validation_size=0.2,
+        synthetic_shape=(6, 5, 2),
+        synthetic_classes=3,
+        synthetic_size=(300, 90),
+        log=None,
+    )
     assert d.input_shape == (6, 5, 2) and d.num_classes == 3 and d.source.endswith(f"seed {seed}")
     assert (len(d.train), len(d.validation), len(d.test)) == (240, 60, 90)
     assert np.bincount(d.test.labels).tolist() == [30, 30, 30]
-    assert np.bincount(np.concatenate([d.train.labels, d.validation.labels])).tolist() == [100, 100, 100]
-    again = load_dataset("synthetic", seed=seed, validation_size=0.2, synthetic_shape=[6, 5, 2], synthetic_classes=3,
-                         synthetic_size=(300, 90), log=None)
+    assert np.bincount(np.concatenate([d.train.labels, d.validation.labels])).tolist() == [
+        100,
+        100,
+        100,
+    ]
+    again = load_dataset(
+        "synthetic",
+        seed=seed,
+        validation_size=0.2,
+        synthetic_shape=[6, 5, 2],
+        synthetic_classes=3,
+        synthetic_size=(300, 90),
+        log=None,
+    )
     for a, b in [(d.train, again.train), (d.validation, again.validation), (d.test, again.test)]:
         assert (a.images == b.images).all() and (a.labels == b.labels).all()
-    other = load_dataset("synthetic", seed=seed + 1, validation_size=0.2, synthetic_shape=(6, 5, 2), synthetic_classes=3,
-                         synthetic_size=(300, 90), log=None)
+    other = load_dataset(
+        "synthetic",
+        seed=seed + 1,
+        validation_size=0.2,
+        synthetic_shape=(6, 5, 2),
+        synthetic_classes=3,
+        synthetic_size=(300, 90),
+        log=None,
+    )
     assert not (other.test.images == d.test.images).all()
 
-    d = load_dataset("synthetic", seed=seed, log=None)  # the defaults: 28x28x1, 10 classes, 2048 / 512
-    assert d.input_shape == (28, 28, 1) and (len(d.train) + len(d.validation), len(d.test)) == (2048, 512)
+    d = load_dataset(
+        "synthetic", seed=seed, log=None
+    )  # the defaults: 28x28x1, 10 classes, 2048 / 512
+    assert d.input_shape == (28, 28, 1) and (len(d.train) + len(d.validation), len(d.test)) == (
+        2048,
+        512,
+    )
     assert 0 <= d.train.images.min() and d.train.images.max() <= 1
     x, t = d.train.images.reshape(len(d.train), -1), d.test.images.reshape(len(d.test), -1)
     means = np.stack([x[d.train.labels == c].mean(0) for c in range(10)])
@@ -356,21 +537,31 @@ def test_synthetic_is_deterministic_shaped_and_learnable(key):
 
 
 def test_bad_arguments_raise_clear_errors():
-    with pytest.raises(ValueError, match="unknown dataset 'imagenet': use one of mnist, fashion_mnist, cifar10, digits, synthetic"):
+    with pytest.raises(
+        ValueError,
+        match="unknown dataset 'imagenet': use one of mnist, fashion_mnist, cifar10, digits, synthetic",
+    ):
         load_dataset("imagenet")
     assert DATASETS == ("mnist", "fashion_mnist", "cifar10", "digits", "synthetic")
     small = dict(synthetic_size=(100, 10), log=None)
     for bad in (1.5, -1, 1.0, -0.1, float("nan"), True, "0.1", None):
-        with pytest.raises(ValueError, match=r"validation_size=.* is not allowed: use a fraction 0 <= f < 1"):
+        with pytest.raises(
+            ValueError, match=r"validation_size=.* is not allowed: use a fraction 0 <= f < 1"
+        ):
             load_dataset("synthetic", validation_size=bad, **small)
     for too_many in (100, 1000, 0.999):
-        with pytest.raises(ValueError, match=rf"validation_size={too_many} .* a count 0 <= n < 100 \(the training split's size\)"):
+        with pytest.raises(
+            ValueError,
+            match=rf"validation_size={too_many} .* a count 0 <= n < 100 \(the training split's size\)",
+        ):
             load_dataset("synthetic", validation_size=too_many, **small)
     assert len(load_dataset("synthetic", validation_size=99, **small).train) == 1
     assert len(load_dataset("synthetic", validation_size=0.0, **small).validation) == 0
     with pytest.raises(ValueError, match="seed=-1 is not allowed"):
         load_dataset("synthetic", seed=-1, **small)
-    with pytest.raises(ValueError, match=r"synthetic_shape=\(28, 28\) is not allowed: use \(H, W, C\)"):
+    with pytest.raises(
+        ValueError, match=r"synthetic_shape=\(28, 28\) is not allowed: use \(H, W, C\)"
+    ):
         load_dataset("synthetic", synthetic_shape=(28, 28), **small)
     with pytest.raises(ValueError, match="synthetic_classes=1 is not allowed"):
         load_dataset("synthetic", synthetic_classes=1, **small)

@@ -29,8 +29,12 @@ def test_learning_slowdown_matches_the_slides(tmp_path):
     quad_easy, quad_hard = rows[("quadratic", "w=0.6, b=0.9")], rows[("quadratic", "w=b=2.0")]
     assert quad_easy["a at epoch 0"] == pytest.approx(0.82, abs=0.005)  # "initial output is 0.82"
     assert quad_hard["a at epoch 0"] == pytest.approx(0.98, abs=0.005)  # "initial output is 0.98"
-    assert quad_easy["a at epoch 300"] == pytest.approx(0.09, abs=0.005)  # "achieves output of 0.09"
-    assert quad_hard["a at epoch 0"] - quad_hard["a at epoch 150"] < 0.06  # "little change in the first 150 epochs"
+    assert quad_easy["a at epoch 300"] == pytest.approx(
+        0.09, abs=0.005
+    )  # "achieves output of 0.09"
+    assert (
+        quad_hard["a at epoch 0"] - quad_hard["a at epoch 150"] < 0.06
+    )  # "little change in the first 150 epochs"
     for start in ("w=0.6, b=0.9", "w=b=2.0"):  # the cross-entropy does not stall: a - y drives it
         assert rows[("cross-entropy", start)]["a at epoch 150"] < 0.05
 
@@ -48,19 +52,28 @@ def test_softmax_exercise_and_the_80_20_case(tmp_path):
 
 def test_information_curves(tmp_path):
     rows = {r["quantity"]: r["jaxnet"] for r in _run("information", tmp_path)["rows"]}
-    assert rows["l(1, 1/2) in bits"] == pytest.approx(1.0) and rows["l(0, 1/2) in bits"] == pytest.approx(1.0)
+    assert rows["l(1, 1/2) in bits"] == pytest.approx(1.0) and rows[
+        "l(0, 1/2) in bits"
+    ] == pytest.approx(1.0)
     assert rows["max |l(1, p) - l(0, 1 - p)|"] < 1e-5
     assert rows["H(0)"] == 0 and rows["H(1)"] == 0 and rows["H(1/2)"] == pytest.approx(1.0)
     sigma4 = 1 / (1 + np.exp(-4.0))
     assert rows["cross-entropy dC/dz at z = 4 (a = 0.98)"] == pytest.approx(sigma4, rel=1e-5)
-    assert rows["quadratic dC/dz at z = 4 (a = 0.98)"] == pytest.approx(sigma4**2 * (1 - sigma4), rel=1e-5)
+    assert rows["quadratic dC/dz at z = 4 (a = 0.98)"] == pytest.approx(
+        sigma4**2 * (1 - sigma4), rel=1e-5
+    )
 
 
 def test_activations_and_the_vanishing_gradient(tmp_path):
     result = _run("activations", tmp_path)
     for row in result["rows"]:
         assert row["max |hand-written f' - jax.grad|"] < 1e-6
-    assert {r["activation"]: r["f'(0)"] for r in result["rows"]} == {"sigmoid": 0.25, "tanh": 1.0, "relu": 1.0, "swish": 0.5}
+    assert {r["activation"]: r["f'(0)"] for r in result["rows"]} == {
+        "sigmoid": 0.25,
+        "tanh": 1.0,
+        "relu": 1.0,
+        "swish": 0.5,
+    }
     norms = {name: np.array(g) for name, g in result["gradient_norms"].items()}
     assert np.all(np.diff(norms["sigmoid"]) > 0)  # smaller at every step towards the input
     assert result["first_over_last"]["sigmoid"] < 1e-4 < 0.1 < result["first_over_last"]["relu"]
@@ -96,7 +109,9 @@ def test_simplex_outputs_stay_on_the_simplex_and_move_to_their_corners(tmp_path)
         assert row["max |sum p - 1|"] < 1e-5 and row["min p"] >= 0
     assert after["accuracy"] > max(before["accuracy"], 0.85)
     assert after["mean max p"] > before["mean max p"]
-    np.testing.assert_allclose(result["softmax_of_equal_scores"], [1 / 3] * 3, rtol=1e-6)  # the unit point 1/e
+    np.testing.assert_allclose(
+        result["softmax_of_equal_scores"], [1 / 3] * 3, rtol=1e-6
+    )  # the unit point 1/e
 
 
 def test_momentum_schedule_values_and_the_optimizers_ranking(tmp_path):
@@ -108,7 +123,10 @@ def test_momentum_schedule_values_and_the_optimizers_ranking(tmp_path):
     for name, row in rows.items():
         assert row["mean risk, last 100 steps"] < row["mean risk, first 100 steps"], name
     sgd = rows["SGD"]["mean risk, last 100 steps"]
-    assert rows["momentum 0.9"]["mean risk, last 100 steps"] < sgd and rows["Adam 1e-3"]["mean risk, last 100 steps"] < sgd
+    assert (
+        rows["momentum 0.9"]["mean risk, last 100 steps"] < sgd
+        and rows["Adam 1e-3"]["mean risk, last 100 steps"] < sgd
+    )
 
 
 def test_nielsen_mlp_table_has_the_slides_numbers_and_the_cross_entropy_learns_faster(tmp_path):
@@ -116,7 +134,10 @@ def test_nielsen_mlp_table_has_the_slides_numbers_and_the_cross_entropy_learns_f
     rows = {r["network and cost"]: r for r in result["rows"]}
     assert sorted(r["slides (MNIST)"] for r in result["rows"]) == [0.9542, 0.9549, 0.9659, 0.9682]
     for width in (30, 100):  # 3 epochs of digits: the quadratic cost's slowdown is plain to see
-        ce, quad = rows[f"cross-entropy 64-{width}-10"]["test accuracy"], rows[f"quadratic 64-{width}-10"]["test accuracy"]
+        ce, quad = (
+            rows[f"cross-entropy 64-{width}-10"]["test accuracy"],
+            rows[f"quadratic 64-{width}-10"]["test accuracy"],
+        )
         assert ce > 0.8 and ce > quad
 
 
@@ -143,19 +164,27 @@ def test_overfitting_regularisers_and_early_termination(tmp_path):
         assert 1 <= row["at epoch"] <= result["epochs"]
         assert row["best validation error"] <= row["final validation error"]
         assert row["test accuracy at that epoch"] > 0.7
-    assert rows["dropout"]["final train risk"] > rows["plain"]["final train risk"]  # dropout resists memorising
-    assert rows["weight decay"]["final train risk"] > rows["plain"]["final train risk"]  # so does (lambda/2) sum w^2
+    assert (
+        rows["dropout"]["final train risk"] > rows["plain"]["final train risk"]
+    )  # dropout resists memorising
+    assert (
+        rows["weight decay"]["final train risk"] > rows["plain"]["final train risk"]
+    )  # so does (lambda/2) sum w^2
 
 
 def test_hidden_geometry_makes_xor_separable_or_shows_a_local_minimum(tmp_path):
     result = _run("hidden_geometry", tmp_path)
     rows = result["rows"]
-    assert rows[0]["step"] == 0 and rows[-1]["accuracy"] >= 0.99  # the seed shown separates XOR (up to a noisy point)
+    assert (
+        rows[0]["step"] == 0 and rows[-1]["accuracy"] >= 0.99
+    )  # the seed shown separates XOR (up to a noisy point)
     assert rows[-1]["risk"] < 0.05 < rows[0]["risk"]
     (seeds,) = result["more_tables"].values()
     assert result["solved"] == sum(r["separates XOR"] for r in seeds) >= 1
     for r in seeds:
-        if not r["separates XOR"]:  # a local minimum: a cluster or two on the wrong side, the risk stuck well above 0
+        if not r[
+            "separates XOR"
+        ]:  # a local minimum: a cluster or two on the wrong side, the risk stuck well above 0
             assert r["final accuracy"] <= 0.8 and r["final risk"] > 0.3
         else:
             assert r["final accuracy"] >= 0.99

@@ -26,12 +26,22 @@ def random_layer_cases(key):
     for padding in pad_styles:
         window, strides = (k(1, 3), k(1, 3)), (k(1, 3), k(1, 3))
         shape = (k(3, 7), k(3, 7), k(1, 3))
-        cases.append((f"Conv2D {window} s={strides} {padding}", L.Conv2D(k(1, 3), window, strides, padding), shape))
+        cases.append(
+            (
+                f"Conv2D {window} s={strides} {padding}",
+                L.Conv2D(k(1, 3), window, strides, padding),
+                shape,
+            )
+        )
     for padding in ["same", "valid", ((1, 0), (0, 1))]:
         window, strides = (k(2, 3), k(2, 3)), (k(1, 3), k(1, 3))
         shape = (k(4, 7), k(4, 7), k(1, 3))
-        cases.append((f"MaxPool {window} s={strides} {padding}", L.MaxPool(window, strides, padding), shape))
-        cases.append((f"AvgPool {window} s={strides} {padding}", L.AvgPool(window, strides, padding), shape))
+        cases.append(
+            (f"MaxPool {window} s={strides} {padding}", L.MaxPool(window, strides, padding), shape)
+        )
+        cases.append(
+            (f"AvgPool {window} s={strides} {padding}", L.AvgPool(window, strides, padding), shape)
+        )
     for name in ["Sigmoid", "Tanh", "Relu", "Identity", "Softmax", "LogSoftmax", "Flatten"]:
         shape = (k(2, 6),) if name in ("Softmax", "LogSoftmax") else (k(2, 4), k(1, 3))
         cases.append((name, getattr(L, name), shape))
@@ -52,7 +62,9 @@ def test_every_layer_jacobian_matches_jacrev_jacfwd_and_finite_differences(key):
         params, x = _init_perturbed(layer, jax.random.fold_in(key, i), in_shape)
         n = 1
         J_w, J_x = jax.jit(layer.jacobians, static_argnums=2)(params, x, n)
-        result = check_jacobian(lambda x_n: layer.apply(params, x.at[n].set(x_n))[n], J_x, x[n], name=name)
+        result = check_jacobian(
+            lambda x_n: layer.apply(params, x.at[n].set(x_n))[n], J_x, x[n], name=name
+        )
         assert result.passed, (name, in_shape, result)
         if jax.tree_util.tree_leaves(params):
             result = check_jacobian(lambda p: layer.apply(p, x)[n], J_w, params, name=name)
@@ -69,9 +81,13 @@ def test_every_layer_vjp_matches_jax_vjp_and_its_own_jacobians(key):
             g = jax.random.normal(g_key, y.shape)
             return g, pullback(g), layer.vjp(params, x, g), layer.jacobians(params, x, 0)[1]
 
-        g, (ref_params, ref_x), (hand_params, hand_x), J_x = both(params, x, jax.random.fold_in(key, 1000 + i))
+        g, (ref_params, ref_x), (hand_params, hand_x), J_x = both(
+            params, x, jax.random.fold_in(key, 1000 + i)
+        )
         assert relative_error(hand_x, ref_x) < 1e-12, name
-        for a, b in zip(jax.tree_util.tree_leaves(hand_params), jax.tree_util.tree_leaves(ref_params)):
+        for a, b in zip(
+            jax.tree_util.tree_leaves(hand_params), jax.tree_util.tree_leaves(ref_params)
+        ):
             assert relative_error(a, b) < 1e-12, name
         # The vjp is the row vector g times the local Jacobians, summed over the batch (equation (2)).
         assert relative_error(hand_x[0], jnp.tensordot(g[0], J_x, axes=g.ndim - 1)) < 1e-12, name
@@ -98,17 +114,23 @@ def test_conv_matches_a_direct_loop_and_flax(key):
     ref = np.zeros(y.shape)
     for i in range(y.shape[1]):
         for j in range(y.shape[2]):
-            ref[:, i, j, :] = np.einsum("npqc,pqco->no", xp[:, 2 * i : 2 * i + 3, j : j + 2, :], W) + np.asarray(params["b"])
+            ref[:, i, j, :] = np.einsum(
+                "npqc,pqco->no", xp[:, 2 * i : 2 * i + 3, j : j + 2, :], W
+            ) + np.asarray(params["b"])
     np.testing.assert_allclose(y, ref, rtol=1e-12)
     flax_conv = nn.Conv(4, (3, 2), (2, 1), padding="SAME")
-    np.testing.assert_allclose(y, flax_conv.apply({"params": {"kernel": params["W"], "bias": params["b"]}}, x), rtol=1e-12)
+    np.testing.assert_allclose(
+        y, flax_conv.apply({"params": {"kernel": params["W"], "bias": params["b"]}}, x), rtol=1e-12
+    )
 
 
 def test_pooling_matches_flax(key):
     x = jax.random.normal(key, (2, 7, 6, 3))
     for padding in ["VALID", "SAME"]:
         np.testing.assert_allclose(
-            L.MaxPool(3, 2, padding.lower()).apply((), x), nn.max_pool(x, (3, 3), (2, 2), padding), rtol=0
+            L.MaxPool(3, 2, padding.lower()).apply((), x),
+            nn.max_pool(x, (3, 3), (2, 2), padding),
+            rtol=0,
         )
         np.testing.assert_allclose(
             L.AvgPool(3, 2, padding.lower()).apply((), x),
@@ -143,7 +165,9 @@ def test_dense_activation_jacobian_with_saturated_sigmoid():
     params = {"W": jnp.array([[40.0, 0.0], [-40.0, 0.0]]), "b": jnp.zeros(2)}
     x = jnp.array([1.0, 0.5])  # activations +-40
     J_w, J_x = L.dense_activation_jacobians(params, x, A.sigmoid_derivative)
-    exact = np.exp(-40.0) / (1 + np.exp(-40.0)) ** 2  # sigma'(+-40) = 4.2e-18, well inside float64's range
+    exact = (
+        np.exp(-40.0) / (1 + np.exp(-40.0)) ** 2
+    )  # sigma'(+-40) = 4.2e-18, well inside float64's range
     np.testing.assert_allclose(J_x[:, 0], [40 * exact, -40 * exact], rtol=1e-14)
     np.testing.assert_allclose(J_w["b"], np.diag([exact, exact]), rtol=1e-14)
     # jax.grad of jax.nn.sigmoid computes s (1 - s), which rounds to 0 at a = +40: it agrees only in absolute terms.
@@ -152,17 +176,26 @@ def test_dense_activation_jacobian_with_saturated_sigmoid():
 
 
 def test_max_pool_ties_go_to_the_first_input_in_row_major_order():
-    x = jnp.array([[1.0, 3.0, 3.0, 0.0], [3.0, 2.0, 1.0, 3.0]])[None, :, :, None]  # both windows tie at 3
+    x = jnp.array([[1.0, 3.0, 3.0, 0.0], [3.0, 2.0, 1.0, 3.0]])[
+        None, :, :, None
+    ]  # both windows tie at 3
     J = L.MaxPool(2).jacobians((), x, 0)[1][0, :, 0, :, :, 0]
     expected = np.zeros((2, 2, 4))
     expected[0, 0, 1] = 1  # window 0: (0,1) and (1,0) tie; (0,1) comes first
     expected[1, 0, 2] = 1  # window 1: (0,2) and (1,3) tie; (0,2) comes first
     np.testing.assert_array_equal(J, expected)
     # jax.grad of XLA's own lax.reduce_window (select_and_scatter) follows the same rule ...
-    np.testing.assert_array_equal(jax.jacrev(lambda v: xla_max_pool(v, 2, 2, "VALID")[0, :, :, 0])(x)[0, :, 0, :, :, 0], expected)
+    np.testing.assert_array_equal(
+        jax.jacrev(lambda v: xla_max_pool(v, 2, 2, "VALID")[0, :, :, 0])(x)[0, :, 0, :, :, 0],
+        expected,
+    )
     # ... and so does jaxnet's faster custom derivative, in both modes.
-    np.testing.assert_array_equal(jax.jacrev(lambda v: L.MaxPool(2).apply((), v)[0, :, :, 0])(x)[0, :, 0, :, :, 0], expected)
-    np.testing.assert_array_equal(jax.jacfwd(lambda v: L.MaxPool(2).apply((), v)[0, :, :, 0])(x)[0, :, 0, :, :, 0], expected)
+    np.testing.assert_array_equal(
+        jax.jacrev(lambda v: L.MaxPool(2).apply((), v)[0, :, :, 0])(x)[0, :, 0, :, :, 0], expected
+    )
+    np.testing.assert_array_equal(
+        jax.jacfwd(lambda v: L.MaxPool(2).apply((), v)[0, :, :, 0])(x)[0, :, 0, :, :, 0], expected
+    )
     # ... and so does the batched vjp; jnp.max would split the gradient 1/2, 1/2 instead.
     g = jnp.ones((1, 1, 2, 1))
     np.testing.assert_array_equal(L.MaxPool(2).vjp((), x, g)[1][0, :, :, 0], expected.sum(axis=0))
@@ -174,7 +207,9 @@ def xla_max_pool(x, k, s, padding):
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, s, s, 1), padding)
 
 
-@pytest.mark.parametrize("k, s, padding", [(3, 2, "same"), (2, 2, "valid"), (2, 1, "valid"), (3, 3, "same")])
+@pytest.mark.parametrize(
+    "k, s, padding", [(3, 2, "same"), (2, 2, "valid"), (2, 1, "valid"), (3, 3, "same")]
+)
 def test_max_pool_derivatives_match_xla_with_random_ties(k, s, padding, key):
     # Integer-valued inputs make ties common; overlapping windows make one input win several times.
     x = jax.random.randint(key, (2, 8, 7, 2), 0, 3).astype(jnp.float64)
@@ -183,11 +218,17 @@ def test_max_pool_derivatives_match_xla_with_random_ties(k, s, padding, key):
     g = jax.random.normal(key, layer.apply((), x).shape)
     ref = jax.vjp(lambda v: xla_max_pool(v, k, s, padding.upper()), x)[1](g)[0]
     # An input that wins several overlapping windows sums their g's, in another order than XLA: atol for cancellation.
-    np.testing.assert_allclose(layer.vjp((), x, g)[1], ref, rtol=1e-14, atol=1e-14)  # the hand-written vjp
-    np.testing.assert_allclose(jax.vjp(lambda v: layer.apply((), v), x)[1](g)[0], ref, rtol=1e-14, atol=1e-14)  # jax.grad
+    np.testing.assert_allclose(
+        layer.vjp((), x, g)[1], ref, rtol=1e-14, atol=1e-14
+    )  # the hand-written vjp
+    np.testing.assert_allclose(
+        jax.vjp(lambda v: layer.apply((), v), x)[1](g)[0], ref, rtol=1e-14, atol=1e-14
+    )  # jax.grad
     t = jax.random.normal(jax.random.fold_in(key, 1), x.shape)
     ref_t = jax.jvp(lambda v: xla_max_pool(v, k, s, padding.upper()), (x,), (t,))[1]
-    np.testing.assert_allclose(jax.jvp(lambda v: layer.apply((), v), (x,), (t,))[1], ref_t, rtol=1e-14)  # forward mode
+    np.testing.assert_allclose(
+        jax.jvp(lambda v: layer.apply((), v), (x,), (t,))[1], ref_t, rtol=1e-14
+    )  # forward mode
     for n in range(2):
         ref_J = jax.jacrev(lambda v: xla_max_pool(v, k, s, padding.upper())[n])(x)[:, :, :, n]
         np.testing.assert_allclose(layer.jacobians((), x, n)[1], ref_J, rtol=0)
@@ -197,9 +238,15 @@ def test_relu_derivative_conventions_at_exactly_zero():
     x = jnp.array([[-1.0, 0.0, 2.0]])
     J_notes = L.Relu.jacobians((), x, 0)[1]
     np.testing.assert_array_equal(jnp.diag(J_notes), [0.0, 1.0, 1.0])  # the notes: 1 for a >= 0
-    np.testing.assert_array_equal(jax.jacrev(lambda v: A.relu(v))(x[0]), J_notes)  # jaxnet's relu agrees under jax.grad
-    np.testing.assert_array_equal(jnp.diag(jax.jacrev(jax.nn.relu)(x[0])), [0.0, 0.0, 1.0])  # JAX's own convention
-    np.testing.assert_array_equal(A.relu_derivative(x[0], at_zero=0.0), jnp.diag(jax.jacrev(jax.nn.relu)(x[0])))
+    np.testing.assert_array_equal(
+        jax.jacrev(lambda v: A.relu(v))(x[0]), J_notes
+    )  # jaxnet's relu agrees under jax.grad
+    np.testing.assert_array_equal(
+        jnp.diag(jax.jacrev(jax.nn.relu)(x[0])), [0.0, 0.0, 1.0]
+    )  # JAX's own convention
+    np.testing.assert_array_equal(
+        A.relu_derivative(x[0], at_zero=0.0), jnp.diag(jax.jacrev(jax.nn.relu)(x[0]))
+    )
 
 
 def test_relu_maxpool_notes_jacobian_with_ties_and_zero_activations(key):
@@ -210,7 +257,9 @@ def test_relu_maxpool_notes_jacobian_with_ties_and_zero_activations(key):
     a = W @ x
     # Biases chosen so that: unit 0 sits at a = 0 (x + (-x) is exactly 0), units 1 and 2 are negative (ReLU ties at 0),
     # units 3 and 4 tie at the same positive activation.
-    b = jnp.array([-a[0], -1.0 - a[1], -2.0 - a[2], 1.5 - a[3], 1.5 - a[3], 0.7 - a[5]])  # a_3 = a_4 bit for bit
+    b = jnp.array(
+        [-a[0], -1.0 - a[1], -2.0 - a[2], 1.5 - a[3], 1.5 - a[3], 0.7 - a[5]]
+    )  # a_3 = a_4 bit for bit
     params = {"W": W, "b": b}
     windows = jnp.array([[1, 2, 0], [0, 1, 2], [3, 4, 5], [5, 4, 3]])
     J_w, J_x = L.relu_maxpool_jacobians(params, x, windows)
@@ -226,7 +275,9 @@ def test_relu_maxpool_notes_jacobian_with_ties_and_zero_activations(key):
     # Windows [3, 4, 5] and [5, 4, 3]: units 3 and 4 tie; the first listed wins, as d x / d b's delta shows.
     np.testing.assert_array_equal(J_w["b"][2], jnp.eye(6)[3])
     np.testing.assert_array_equal(J_w["b"][3], jnp.eye(6)[4])
-    np.testing.assert_allclose(J_w["W"][2, 3], x, rtol=1e-14)  # delta_{q q^} h'(a_q^) x_j with q^ = 3
+    np.testing.assert_allclose(
+        J_w["W"][2, 3], x, rtol=1e-14
+    )  # delta_{q q^} h'(a_q^) x_j with q^ = 3
 
 
 def test_dropout_keeps_the_expected_output_under_both_scalings(key):
@@ -240,7 +291,9 @@ def test_dropout_keeps_the_expected_output_under_both_scalings(key):
         # E[training output] equals the test-time output (the point of the notes' "multiply by p").
         assert abs(float(jnp.mean(y)) - test_factor) < 0.02
     # The mask is a function of the key: the same key gives the same units.
-    np.testing.assert_array_equal(L.Dropout(0.5).apply((), x, key=key), L.Dropout(0.5).apply((), x, key=key))
+    np.testing.assert_array_equal(
+        L.Dropout(0.5).apply((), x, key=key), L.Dropout(0.5).apply((), x, key=key)
+    )
 
 
 def test_dropout_jacobian_is_the_mask(key):
@@ -257,7 +310,9 @@ def test_softmax_layer_with_huge_logits(key):
     y = L.Softmax.apply((), x)
     assert np.all(np.isfinite(y))
     J = L.Softmax.jacobians((), x, 0)[1]
-    np.testing.assert_allclose(J, jax.jacrev(lambda v: L.Softmax.apply((), v[None])[0])(x[0]), atol=1e-300)
+    np.testing.assert_allclose(
+        J, jax.jacrev(lambda v: L.Softmax.apply((), v[None])[0])(x[0]), atol=1e-300
+    )
     np.testing.assert_allclose(L.LogSoftmax.apply((), x)[0], [0.0, -1e4, -2e4])
 
 
@@ -268,7 +323,9 @@ def test_serial_composes_flattens_and_keeps_one_param_tuple(key):
     out_shape, params = net.init(key, (3, 2))
     assert out_shape == (2,) and isinstance(params, tuple) and len(params) == 4
     x = jax.random.normal(key, (5, 3, 2))
-    manual = L.Dense(2).apply(params[3], A.relu(x.reshape(5, 6) @ params[1]["W"].T + params[1]["b"][None, :]))
+    manual = L.Dense(2).apply(
+        params[3], A.relu(x.reshape(5, 6) @ params[1]["W"].T + params[1]["b"][None, :])
+    )
     np.testing.assert_allclose(net.apply(params, x), manual, rtol=1e-13)
     g = jax.random.normal(key, (5, 2))
     ref = jax.vjp(lambda p, v: net.apply(p, v), params, x)[1](g)
@@ -282,7 +339,9 @@ def test_layers_hash_by_identity_so_networks_can_be_static_under_jit(key):
     assert net == net and net != L.serial(L.Dense(3), L.Tanh)
     _, params = net.init(key, (2,))
     apply = jax.jit(lambda network, p, x: network.apply(p, x), static_argnums=0)
-    np.testing.assert_allclose(apply(net, params, jnp.ones((1, 2))), net.apply(params, jnp.ones((1, 2))))
+    np.testing.assert_allclose(
+        apply(net, params, jnp.ones((1, 2))), net.apply(params, jnp.ones((1, 2)))
+    )
 
 
 @pytest.mark.parametrize(
@@ -332,7 +391,10 @@ def test_bad_inputs_raise_errors_naming_the_shapes(key):
     ],
 )
 def test_initializers_see_the_right_fan_in(W_init, expected_std, key):
-    d, e = 3000, 40  # very different fan-in and fan-out, so a swapped layout would be off by sqrt(d / e)
+    d, e = (
+        3000,
+        40,
+    )  # very different fan-in and fan-out, so a swapped layout would be off by sqrt(d / e)
     _, params = L.Dense(e, W_init=W_init).init(key, (d,))
     assert params["W"].shape == (e, d)
     assert abs(float(jnp.std(params["W"])) / expected_std(d, e) - 1) < 0.03

@@ -29,7 +29,7 @@ def rng_from(key):
     return np.random.default_rng(np.asarray(jax.random.key_data(key)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(f, kw_items):
     return jax.jit(lambda *xs: f(*xs, **dict(kw_items)))
 
@@ -41,7 +41,9 @@ def call(f, *args, **kw):
 
 def grad_of_sum(f, x, t, **kw):
     """jax.grad of sum_n l_n with respect to the prediction."""
-    return np.asarray(jax.jit(jax.grad(lambda p, y: jnp.sum(f(p, y, **kw))))(jnp.asarray(x), jnp.asarray(t)))
+    return np.asarray(
+        jax.jit(jax.grad(lambda p, y: jnp.sum(f(p, y, **kw))))(jnp.asarray(x), jnp.asarray(t))
+    )
 
 
 def finite_differences(f, x, t, steps, **kw):
@@ -85,7 +87,11 @@ def make_case(rng, name, kind):
             pred = rng.normal(size=shape) * 3
         else:
             pred = rng.uniform(0.03, 0.97, size=shape)
-        target = rng.uniform(0, 1, size=shape) if kind == "soft" else rng.integers(0, 2, size=shape).astype(np.float64)
+        target = (
+            rng.uniform(0, 1, size=shape)
+            if kind == "soft"
+            else rng.integers(0, 2, size=shape).astype(np.float64)
+        )
         return pred, target
     # multi-class
     logits = rng.normal(size=(n, k)) * (1.0 if name == "cross_entropy" else 3.0)
@@ -113,7 +119,10 @@ DERIVATIVE_CASES = [
     ("cross_entropy_from_logits", "onehot", {}),
     ("cross_entropy_from_logits", "soft", {"unit": "bits"}),
 ]
-DERIVATIVE_IDS = [f"{n}-{k}-{'-'.join(f'{a}={b}' for a, b in kw.items()) or 'default'}" for n, k, kw in DERIVATIVE_CASES]
+DERIVATIVE_IDS = [
+    f"{n}-{k}-{'-'.join(f'{a}={b}' for a, b in kw.items()) or 'default'}"
+    for n, k, kw in DERIVATIVE_CASES
+]
 
 
 def test_every_loss_has_a_derivative_case():
@@ -155,9 +164,15 @@ def test_quadratic_against_numpy(key, scale):
         x, t = rng.normal(size=shape), rng.normal(size=shape)
         expected = scale * np.sum(((x - t) ** 2).reshape(shape[0], -1), axis=1)
         np.testing.assert_allclose(call(L.quadratic, x, t, scale=scale), expected, rtol=1e-14)
-        np.testing.assert_allclose(call(L.quadratic_derivative, x, t, scale=scale), 2 * scale * (x - t), rtol=1e-14)
+        np.testing.assert_allclose(
+            call(L.quadratic_derivative, x, t, scale=scale), 2 * scale * (x - t), rtol=1e-14
+        )
     # default scale is the slides' 1/2
-    np.testing.assert_allclose(call(L.quadratic, x, t), 0.5 * np.sum(((x - t) ** 2).reshape(shape[0], -1), axis=1), rtol=1e-14)
+    np.testing.assert_allclose(
+        call(L.quadratic, x, t),
+        0.5 * np.sum(((x - t) ** 2).reshape(shape[0], -1), axis=1),
+        rtol=1e-14,
+    )
 
 
 def test_binary_cross_entropy_against_numpy(key):
@@ -165,7 +180,9 @@ def test_binary_cross_entropy_against_numpy(key):
     p, y = rng.uniform(0.01, 0.99, size=20), rng.uniform(0, 1, size=20)
     expected = -y * np.log(p) - (1 - y) * np.log(1 - p)
     np.testing.assert_allclose(call(L.binary_cross_entropy, p, y), expected, rtol=1e-13)
-    np.testing.assert_allclose(call(L.binary_cross_entropy, p, y, unit="bits"), expected / LN2, rtol=1e-13)
+    np.testing.assert_allclose(
+        call(L.binary_cross_entropy, p, y, unit="bits"), expected / LN2, rtol=1e-13
+    )
 
 
 def test_integer_and_one_hot_labels_agree(key):
@@ -192,11 +209,27 @@ def test_cross_entropy_from_logits_against_optax(key):
     q = dirichlet(rng, n, k)
     got = call(L.cross_entropy_from_logits, z, y)
     # atol: losses near 0 come from log-sum-exp minus z_y, a difference of numbers ~|z|
-    np.testing.assert_allclose(got, call(optax.losses.softmax_cross_entropy_with_integer_labels, z, y), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(got, call(L.cross_entropy, scipy.special.softmax(z, axis=-1), y), rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(got, call(lambda a, b: L.cross_entropy(softmax(a), b), z, y), rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(call(L.cross_entropy_from_logits, z, q), call(optax.losses.softmax_cross_entropy, z, q), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(call(L.cross_entropy_from_logits, z, y, unit="bits"), got / LN2, rtol=1e-14)
+    np.testing.assert_allclose(
+        got,
+        call(optax.losses.softmax_cross_entropy_with_integer_labels, z, y),
+        rtol=1e-12,
+        atol=1e-14,
+    )
+    np.testing.assert_allclose(
+        got, call(L.cross_entropy, scipy.special.softmax(z, axis=-1), y), rtol=1e-10, atol=1e-13
+    )
+    np.testing.assert_allclose(
+        got, call(lambda a, b: L.cross_entropy(softmax(a), b), z, y), rtol=1e-10, atol=1e-13
+    )
+    np.testing.assert_allclose(
+        call(L.cross_entropy_from_logits, z, q),
+        call(optax.losses.softmax_cross_entropy, z, q),
+        rtol=1e-12,
+        atol=1e-14,
+    )
+    np.testing.assert_allclose(
+        call(L.cross_entropy_from_logits, z, y, unit="bits"), got / LN2, rtol=1e-14
+    )
 
 
 def test_cross_entropy_from_logits_huge_logits(key):
@@ -218,21 +251,41 @@ def test_cross_entropy_from_logits_huge_logits(key):
     g = grad_of_sum(L.cross_entropy_from_logits, z, y)
     assert np.all(np.isfinite(g))
     np.testing.assert_allclose(g, p - q, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(call(L.cross_entropy_from_logits_derivative, z, y), p - q, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(loss, call(optax.losses.softmax_cross_entropy_with_integer_labels, z, y), rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(
+        call(L.cross_entropy_from_logits_derivative, z, y), p - q, rtol=1e-12, atol=1e-15
+    )
+    np.testing.assert_allclose(
+        loss,
+        call(optax.losses.softmax_cross_entropy_with_integer_labels, z, y),
+        rtol=1e-13,
+        atol=1e-12,
+    )
 
 
 def test_binary_cross_entropy_from_logits_against_optax(key):
     rng = rng_from(key)
-    z = np.clip(rng.normal(size=(6, 4)) * 4, -12, 12)  # moderate logits: 1 - sigma(z) keeps ~5 digits at worst
+    z = np.clip(
+        rng.normal(size=(6, 4)) * 4, -12, 12
+    )  # moderate logits: 1 - sigma(z) keeps ~5 digits at worst
     y = rng.uniform(0, 1, size=(6, 4))
     got = call(L.binary_cross_entropy_from_logits, z, y)
     ref = call(optax.losses.sigmoid_binary_cross_entropy, z, y)
     np.testing.assert_allclose(got, ref.sum(axis=1), rtol=1e-12)
-    np.testing.assert_allclose(got, call(L.binary_cross_entropy, scipy.special.expit(z), y), rtol=1e-9)
+    np.testing.assert_allclose(
+        got, call(L.binary_cross_entropy, scipy.special.expit(z), y), rtol=1e-9
+    )
     zv, yv = z[:, 0], (y[:, 0] > 0.5).astype(np.float64)
-    np.testing.assert_allclose(call(L.binary_cross_entropy_from_logits, zv, yv), call(optax.losses.sigmoid_binary_cross_entropy, zv, yv), rtol=1e-12)
-    np.testing.assert_allclose(call(L.binary_cross_entropy_from_logits_derivative, z, y), scipy.special.expit(z) - y, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        call(L.binary_cross_entropy_from_logits, zv, yv),
+        call(optax.losses.sigmoid_binary_cross_entropy, zv, yv),
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(
+        call(L.binary_cross_entropy_from_logits_derivative, z, y),
+        scipy.special.expit(z) - y,
+        rtol=1e-12,
+        atol=1e-15,
+    )
 
 
 def test_binary_cross_entropy_from_logits_huge():
@@ -242,21 +295,41 @@ def test_binary_cross_entropy_from_logits_huge():
     assert np.all(np.isfinite(loss))
     # log(1 + e^z) - y z
     np.testing.assert_allclose(loss, [1e4, 0.0, 1e4, 0.0, LN2], rtol=1e-15, atol=0)
-    np.testing.assert_allclose(call(L.binary_cross_entropy_from_logits, z, y, unit="bits"), [1e4 / LN2, 0, 1e4 / LN2, 0, 1], rtol=1e-15)
+    np.testing.assert_allclose(
+        call(L.binary_cross_entropy_from_logits, z, y, unit="bits"),
+        [1e4 / LN2, 0, 1e4 / LN2, 0, 1],
+        rtol=1e-15,
+    )
     # gradient sigma(z) - y: 1 at z = 1e4, y = 0; -1 at z = -1e4, y = 1
     expected_grad = [1.0, 0.0, -1.0, 0.0, -0.5]
-    np.testing.assert_array_equal(grad_of_sum(L.binary_cross_entropy_from_logits, z, y), expected_grad)
-    np.testing.assert_array_equal(call(L.binary_cross_entropy_from_logits_derivative, z, y), expected_grad)
-    np.testing.assert_allclose(loss, call(optax.losses.sigmoid_binary_cross_entropy, z, y), rtol=1e-15)
+    np.testing.assert_array_equal(
+        grad_of_sum(L.binary_cross_entropy_from_logits, z, y), expected_grad
+    )
+    np.testing.assert_array_equal(
+        call(L.binary_cross_entropy_from_logits_derivative, z, y), expected_grad
+    )
+    np.testing.assert_allclose(
+        loss, call(optax.losses.sigmoid_binary_cross_entropy, z, y), rtol=1e-15
+    )
 
 
 def test_two_class_cross_entropy_is_one_bit_at_one_half():
     p = np.array([0.5, 0.5])
     for y in ([1.0, 0.0], [0.0, 1.0]):
-        np.testing.assert_allclose(call(L.binary_cross_entropy, p, np.array(y), unit="bits"), [1.0, 1.0], rtol=1e-15)
-    np.testing.assert_allclose(call(L.binary_cross_entropy, p, np.array([1.0, 0.0])), [LN2, LN2], rtol=1e-15)
-    np.testing.assert_allclose(call(L.cross_entropy, np.array([[0.5, 0.5]]), np.array([1]), unit="bits"), [1.0], rtol=1e-15)
-    np.testing.assert_allclose(call(L.binary_cross_entropy_from_logits, np.zeros(2), np.array([1.0, 0.0]), unit="bits"), [1.0, 1.0], rtol=1e-15)
+        np.testing.assert_allclose(
+            call(L.binary_cross_entropy, p, np.array(y), unit="bits"), [1.0, 1.0], rtol=1e-15
+        )
+    np.testing.assert_allclose(
+        call(L.binary_cross_entropy, p, np.array([1.0, 0.0])), [LN2, LN2], rtol=1e-15
+    )
+    np.testing.assert_allclose(
+        call(L.cross_entropy, np.array([[0.5, 0.5]]), np.array([1]), unit="bits"), [1.0], rtol=1e-15
+    )
+    np.testing.assert_allclose(
+        call(L.binary_cross_entropy_from_logits, np.zeros(2), np.array([1.0, 0.0]), unit="bits"),
+        [1.0, 1.0],
+        rtol=1e-15,
+    )
 
 
 def test_two_class_symmetry(key):
@@ -283,7 +356,9 @@ def test_cross_entropy_gradient_finite_where_q_is_zero():
     p = np.array([[0.0, 0.3, 0.7], [0.2, 0.0, 0.8]])
     q = np.array([[0.0, 0.0, 1.0], [0.25, 0.0, 0.75]])
     loss = call(L.cross_entropy, p, q)
-    np.testing.assert_allclose(loss, [-np.log(0.7), -0.25 * np.log(0.2) - 0.75 * np.log(0.8)], rtol=1e-14)
+    np.testing.assert_allclose(
+        loss, [-np.log(0.7), -0.25 * np.log(0.2) - 0.75 * np.log(0.8)], rtol=1e-14
+    )
     g = grad_of_sum(L.cross_entropy, p, q)
     expected = -np.divide(q, p, out=np.zeros_like(q), where=q != 0)
     assert np.all(np.isfinite(g))
@@ -304,7 +379,9 @@ def test_cross_entropy_at_least_entropy(key):
     np.testing.assert_allclose(Hqp, -np.sum(q * np.log2(p), axis=-1), rtol=1e-13)
     np.testing.assert_allclose(call(L.cross_entropy_between, q, q), H, rtol=1e-14)
     np.testing.assert_allclose(call(L.kl_divergence, q, q), 0.0, atol=1e-14)
-    np.testing.assert_allclose(call(L.cross_entropy_between, p, q, unit="nats"), Hqp * LN2, rtol=1e-14)
+    np.testing.assert_allclose(
+        call(L.cross_entropy_between, p, q, unit="nats"), Hqp * LN2, rtol=1e-14
+    )
 
 
 def test_entropy_with_zeros(key):
@@ -317,7 +394,9 @@ def test_entropy_with_zeros(key):
     H = call(L.entropy, q)
     assert np.all(np.isfinite(H))
     np.testing.assert_allclose(H, scipy.stats.entropy(q, base=2, axis=-1), rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(call(L.entropy, q, unit="nats"), scipy.stats.entropy(q, axis=-1), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        call(L.entropy, q, unit="nats"), scipy.stats.entropy(q, axis=-1), rtol=1e-12, atol=1e-15
+    )
     # a certain outcome has no entropy; the uniform distribution has log2 k bits
     np.testing.assert_array_equal(call(L.entropy, one_hot(np.arange(k), k)), np.zeros(k))
     np.testing.assert_allclose(call(L.entropy, np.full(k, 1.0 / k)), math.log2(k), rtol=1e-14)
@@ -325,7 +404,11 @@ def test_entropy_with_zeros(key):
     np.testing.assert_allclose(call(L.entropy, q.T, axis=0), H, rtol=1e-14)
     # gradients stay finite where q = 0 and p > 0 for the cross-entropy between them
     p = dirichlet(rng, n, k)
-    g = np.asarray(jax.jit(jax.grad(lambda a, b: jnp.sum(L.cross_entropy_between(a, b))))(jnp.asarray(p), jnp.asarray(q)))
+    g = np.asarray(
+        jax.jit(jax.grad(lambda a, b: jnp.sum(L.cross_entropy_between(a, b))))(
+            jnp.asarray(p), jnp.asarray(q)
+        )
+    )
     assert np.all(np.isfinite(g))
     np.testing.assert_allclose(g, -q / p / LN2, rtol=1e-12)
 
@@ -338,19 +421,30 @@ def test_kl_divergence_against_scipy(key):
     q[0] /= q[0].sum()
     expected = scipy.special.rel_entr(q, p).sum(axis=-1) / LN2
     np.testing.assert_allclose(call(L.kl_divergence, p, q), expected, rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(call(L.kl_divergence, p, q, unit="nats"), expected * LN2, rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(call(L.kl_divergence, p, q), scipy.stats.entropy(q, p, base=2, axis=-1), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(
+        call(L.kl_divergence, p, q, unit="nats"), expected * LN2, rtol=1e-10, atol=1e-13
+    )
+    np.testing.assert_allclose(
+        call(L.kl_divergence, p, q),
+        scipy.stats.entropy(q, p, base=2, axis=-1),
+        rtol=1e-10,
+        atol=1e-13,
+    )
     assert np.all(call(L.kl_divergence, p, q) > 0)
 
 
 def test_binary_entropy(key):
     np.testing.assert_array_equal(call(L.binary_entropy, np.array([0.0, 1.0])), [0.0, 0.0])
     np.testing.assert_allclose(call(L.binary_entropy, np.array([0.5])), [1.0], rtol=1e-15)
-    np.testing.assert_allclose(call(L.binary_entropy, np.array([0.5]), unit="nats"), [LN2], rtol=1e-15)
+    np.testing.assert_allclose(
+        call(L.binary_entropy, np.array([0.5]), unit="nats"), [LN2], rtol=1e-15
+    )
     q = rng_from(key).uniform(0, 1, size=25)
     H = call(L.binary_entropy, q)
     np.testing.assert_allclose(H, call(L.binary_entropy, 1 - q), rtol=1e-12)
-    np.testing.assert_allclose(H, scipy.stats.entropy(np.stack([q, 1 - q]), base=2, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(
+        H, scipy.stats.entropy(np.stack([q, 1 - q]), base=2, axis=0), rtol=1e-12
+    )
     assert np.all((H > 0) & (H <= 1))
 
 
@@ -367,7 +461,9 @@ def test_multi_output_binary_cross_entropy(key):
     np.testing.assert_allclose(got, expected, rtol=1e-13)
     per_output = sum(call(L.binary_cross_entropy, a[:, j], y[:, j]) for j in range(e))
     np.testing.assert_allclose(got, per_output, rtol=1e-13)
-    np.testing.assert_allclose(call(L.multi_output_binary_cross_entropy, a, y, unit="bits"), expected / LN2, rtol=1e-13)
+    np.testing.assert_allclose(
+        call(L.multi_output_binary_cross_entropy, a, y, unit="bits"), expected / LN2, rtol=1e-13
+    )
 
 
 @pytest.mark.parametrize("shape", [(5,), (2, 3, 4)])
@@ -405,11 +501,21 @@ def test_top_k_error_against_numpy(key):
     y = rng.integers(0, c, size=n)
     for scores in (rng.normal(size=(n, c)), rng.integers(0, 3, size=(n, c)).astype(np.float64)):
         for k in range(1, c + 1):
-            np.testing.assert_allclose(call(L.top_k_error, scores, y, k=k), top_k_reference(scores, y, k), rtol=1e-15)
-            np.testing.assert_allclose(call(L.top_k_error, scores, one_hot(y, c), k=k), top_k_reference(scores, y, k), rtol=1e-15)
+            np.testing.assert_allclose(
+                call(L.top_k_error, scores, y, k=k), top_k_reference(scores, y, k), rtol=1e-15
+            )
+            np.testing.assert_allclose(
+                call(L.top_k_error, scores, one_hot(y, c), k=k),
+                top_k_reference(scores, y, k),
+                rtol=1e-15,
+            )
         assert call(L.top_k_error, scores, y, k=c) == 0.0
     # with continuous scores (no ties) top-1 error is the error rate
-    np.testing.assert_allclose(call(L.top_k_error, scores := rng.normal(size=(n, c)), y, k=1), call(L.error_rate, scores, y), rtol=1e-15)
+    np.testing.assert_allclose(
+        call(L.top_k_error, scores := rng.normal(size=(n, c)), y, k=1),
+        call(L.error_rate, scores, y),
+        rtol=1e-15,
+    )
 
 
 def test_top_k_error_ties_count_for_the_label():
@@ -432,9 +538,15 @@ def test_top_k_error_rejects_bad_k(k):
 
 def random_params(rng):
     return (
-        {"W": rng.normal(size=tuple(rng.integers(1, 6, size=2))), "b": rng.normal(size=(int(rng.integers(1, 6)),))},
+        {
+            "W": rng.normal(size=tuple(rng.integers(1, 6, size=2))),
+            "b": rng.normal(size=(int(rng.integers(1, 6)),)),
+        },
         (),
-        {"W": rng.normal(size=tuple(rng.integers(1, 4, size=4))), "b": rng.normal(size=(int(rng.integers(1, 6)),))},
+        {
+            "W": rng.normal(size=tuple(rng.integers(1, 4, size=4))),
+            "b": rng.normal(size=(int(rng.integers(1, 6)),)),
+        },
     )
 
 
@@ -474,8 +586,12 @@ def test_risk_is_the_batch_mean(key):
     rng = rng_from(key)
     x, t = rng.normal(size=(9, 3)), rng.normal(size=(9, 3))
     expected = np.mean(0.5 * np.sum((x - t) ** 2, axis=1))
-    np.testing.assert_allclose(call(lambda a, b: L.risk(L.quadratic, a, b), x, t), expected, rtol=1e-14)
-    np.testing.assert_allclose(call(lambda a, b: L.risk(L.QUADRATIC, a, b), x, t), expected, rtol=1e-14)
+    np.testing.assert_allclose(
+        call(lambda a, b: L.risk(L.quadratic, a, b), x, t), expected, rtol=1e-14
+    )
+    np.testing.assert_allclose(
+        call(lambda a, b: L.risk(L.QUADRATIC, a, b), x, t), expected, rtol=1e-14
+    )
     z = rng.normal(size=(9, 4))
     y = rng.integers(0, 4, size=9)
     np.testing.assert_allclose(
@@ -496,7 +612,12 @@ def assert_message_names(excinfo, *shapes):
 
 def test_bad_label_shapes_name_the_shapes():
     probs = jnp.full((4, 3), 1 / 3)
-    for f in (L.cross_entropy, L.cross_entropy_from_logits, L.cross_entropy_derivative, L.cross_entropy_from_logits_derivative):
+    for f in (
+        L.cross_entropy,
+        L.cross_entropy_from_logits,
+        L.cross_entropy_derivative,
+        L.cross_entropy_from_logits_derivative,
+    ):
         with pytest.raises(ValueError) as excinfo:
             f(probs, jnp.zeros(5, dtype=jnp.int32))
         assert_message_names(excinfo, (5,), (4, 3))
@@ -541,7 +662,11 @@ def test_unknown_unit_is_rejected(f, args):
 TARGETS_80_20 = np.concatenate([np.ones(80), np.zeros(20)])
 
 
-@pytest.mark.parametrize("loss,lr", [(L.quadratic, 20.0), (L.binary_cross_entropy, 4.0)], ids=["quadratic", "binary_cross_entropy"])
+@pytest.mark.parametrize(
+    "loss,lr",
+    [(L.quadratic, 20.0), (L.binary_cross_entropy, 4.0)],
+    ids=["quadratic", "binary_cross_entropy"],
+)
 def test_80_20_case_converges_to_0_8(key, loss, lr):
     """One input repeated 100 times, 80 targets 1 and 20 targets 0: the trained output is 0.8 under both losses."""
     t = jnp.asarray(TARGETS_80_20)
@@ -563,18 +688,28 @@ def test_80_20_stationary_point_is_0_8():
     """dE/dz = 100 z - 80 (sum squared error) and (100 z - 80) / (z (1 - z)) (cross-entropy): zero at z = 0.8."""
     t = jnp.asarray(TARGETS_80_20)
 
-    grads = {loss: jax.jit(jax.grad(lambda v, loss=loss: jnp.sum(loss(jnp.full((100,), v), t)))) for loss in (L.quadratic, L.binary_cross_entropy)}
+    grads = {
+        loss: jax.jit(jax.grad(lambda v, loss=loss: jnp.sum(loss(jnp.full((100,), v), t))))
+        for loss in (L.quadratic, L.binary_cross_entropy)
+    }
 
     def dE_dz(loss, z):
         return float(grads[loss](jnp.asarray(z)))
 
     for z in (0.8, 0.7, 0.9):
         np.testing.assert_allclose(dE_dz(L.quadratic, z), 100 * z - 80, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(dE_dz(L.binary_cross_entropy, z), (100 * z - 80) / (z * (1 - z)), rtol=1e-12, atol=1e-11)
-        zs = np.full(100, z)
-        np.testing.assert_allclose(np.sum(call(L.quadratic_derivative, zs, t)), 100 * z - 80, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(
-            np.sum(call(L.binary_cross_entropy_derivative, zs, t)), (100 * z - 80) / (z * (1 - z)), rtol=1e-12, atol=1e-11
+            dE_dz(L.binary_cross_entropy, z), (100 * z - 80) / (z * (1 - z)), rtol=1e-12, atol=1e-11
+        )
+        zs = np.full(100, z)
+        np.testing.assert_allclose(
+            np.sum(call(L.quadratic_derivative, zs, t)), 100 * z - 80, rtol=1e-12, atol=1e-12
+        )
+        np.testing.assert_allclose(
+            np.sum(call(L.binary_cross_entropy_derivative, zs, t)),
+            (100 * z - 80) / (z * (1 - z)),
+            rtol=1e-12,
+            atol=1e-11,
         )
     assert abs(dE_dz(L.quadratic, 0.8)) < 1e-12
     assert abs(dE_dz(L.binary_cross_entropy, 0.8)) < 1e-11

@@ -76,7 +76,9 @@ def trajectory(opt, loss, params, steps=STEPS):
 
 def trajectories(opt_a, opt_b, loss, params, steps=STEPS):
     """Both optimizers' trajectories from the same start, compiled together."""
-    return jax.jit(lambda p: (trajectory(opt_a, loss, p, steps), trajectory(opt_b, loss, p, steps)))(params)
+    return jax.jit(
+        lambda p: (trajectory(opt_a, loss, p, steps), trajectory(opt_b, loss, p, steps))
+    )(params)
 
 
 def max_relative_difference(path, reference):
@@ -97,12 +99,16 @@ def assert_same_trajectory(path, reference, rtol=RTOL):
     print(f"max relative difference over {STEPS} steps: {diff:.3e}")
     assert diff <= rtol, diff
     first, last = (jax.tree_util.tree_map(lambda x: x[i], reference) for i in (0, -1))
-    assert float(jnp.max(jnp.abs(ravel_pytree(first)[0] - ravel_pytree(last)[0]))) > 1e-3  # a real trajectory
+    assert (
+        float(jnp.max(jnp.abs(ravel_pytree(first)[0] - ravel_pytree(last)[0]))) > 1e-3
+    )  # a real trajectory
 
 
 def assert_trees_close(a, b, rtol=1e-12):
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=rtol * float(np.max(np.abs(y))))
+        np.testing.assert_allclose(
+            np.asarray(x), np.asarray(y), rtol=rtol, atol=rtol * float(np.max(np.abs(y)))
+        )
 
 
 def at_step(path, t):
@@ -123,11 +129,20 @@ PAIRS = {
         "quadratic": lambda: (optim.momentum(0.3, 0.85), optax.sgd(0.3, momentum=0.85)),
     },
     "nesterov": {
-        "mlp": lambda: (optim.momentum(0.1, 0.9, nesterov=True), optax.sgd(0.1, momentum=0.9, nesterov=True)),
-        "quadratic": lambda: (optim.momentum(0.3, 0.85, nesterov=True), optax.sgd(0.3, momentum=0.85, nesterov=True)),
+        "mlp": lambda: (
+            optim.momentum(0.1, 0.9, nesterov=True),
+            optax.sgd(0.1, momentum=0.9, nesterov=True),
+        ),
+        "quadratic": lambda: (
+            optim.momentum(0.3, 0.85, nesterov=True),
+            optax.sgd(0.3, momentum=0.85, nesterov=True),
+        ),
     },
     "adam": {
-        "mlp": lambda: (optim.adam(0.02, b1=0.8, b2=0.99, eps=1e-6), optax.adam(0.02, b1=0.8, b2=0.99, eps=1e-6)),
+        "mlp": lambda: (
+            optim.adam(0.02, b1=0.8, b2=0.99, eps=1e-6),
+            optax.adam(0.02, b1=0.8, b2=0.99, eps=1e-6),
+        ),
         "quadratic": lambda: (optim.adam(0.05), optax.adam(0.05)),
     },
     "adamw": {
@@ -135,7 +150,10 @@ PAIRS = {
             optim.adamw(0.02, weight_decay=0.1, b1=0.8, b2=0.99, eps=1e-6),
             optax.adamw(0.02, b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.1, mask=None),
         ),
-        "quadratic": lambda: (optim.adamw(0.05, weight_decay=0.3), optax.adamw(0.05, weight_decay=0.3, mask=None)),
+        "quadratic": lambda: (
+            optim.adamw(0.05, weight_decay=0.3),
+            optax.adamw(0.05, weight_decay=0.3, mask=None),
+        ),
     },
     "l2_then_sgd": {
         "mlp": lambda: (
@@ -160,9 +178,13 @@ def test_trajectory_equals_optax(key, name, problem):
 
 
 SCHEDULES = {
-    "exponential_decay": lambda: optax.exponential_decay(init_value=0.3, transition_steps=10, decay_rate=0.6),
+    "exponential_decay": lambda: optax.exponential_decay(
+        init_value=0.3, transition_steps=10, decay_rate=0.6
+    ),
     "piecewise_constant": lambda: optax.piecewise_constant_schedule(0.3, {20: 0.5, 60: 0.2}),
-    "warmup_cosine": lambda: optax.warmup_cosine_decay_schedule(0.0, 0.3, warmup_steps=10, decay_steps=100),
+    "warmup_cosine": lambda: optax.warmup_cosine_decay_schedule(
+        0.0, 0.3, warmup_steps=10, decay_steps=100
+    ),
 }
 
 
@@ -180,7 +202,10 @@ def test_schedule_equals_optax(key, name, schedule):
         ours, theirs = optim.adam(lr_adam), optax.adam(lr_adam)
     else:
         lr_adam = lambda t: 0.2 * lr(t)  # noqa: E731
-        ours, theirs = optim.adamw(lr_adam, weight_decay=0.2), optax.adamw(lr_adam, weight_decay=0.2, mask=None)
+        ours, theirs = (
+            optim.adamw(lr_adam, weight_decay=0.2),
+            optax.adamw(lr_adam, weight_decay=0.2, mask=None),
+        )
     path, reference = trajectories(ours, theirs, loss, params)
     assert_same_trajectory(path, reference)
 
@@ -190,7 +215,9 @@ def test_schedule_is_evaluated_at_step_count_from_zero(key):
     w0 = jax.random.normal(key, (5,))
     alphas = [0.5, 0.25, 0.125, 0.1, 0.05]
     schedule = lambda t: jnp.asarray(alphas)[t]  # noqa: E731
-    path = jax.jit(lambda w: trajectory(optim.sgd(schedule), lambda w: 0.5 * jnp.sum(w**2), w, len(alphas)))(w0)
+    path = jax.jit(
+        lambda w: trajectory(optim.sgd(schedule), lambda w: 0.5 * jnp.sum(w**2), w, len(alphas))
+    )(w0)
     expected = np.cumprod(1 - np.asarray(alphas))[:, None] * np.asarray(w0)[None, :]
     np.testing.assert_allclose(np.asarray(path), expected, rtol=1e-14, atol=0)
 
@@ -216,13 +243,19 @@ def test_l2_regularization_mask_equals_masked_penalty_and_optax(key):
     ours = optax.chain(optim.l2_regularization(lam, mask), optim.sgd(0.5))
     theirs = optax.chain(optax.add_decayed_weights(lam, mask=mask), optax.sgd(0.5))
     run = jax.jit(
-        lambda p: (trajectory(ours, loss, p), trajectory(optim.sgd(0.5), penalized, p), trajectory(theirs, loss, p))
+        lambda p: (
+            trajectory(ours, loss, p),
+            trajectory(optim.sgd(0.5), penalized, p),
+            trajectory(theirs, loss, p),
+        )
     )
     path, by_penalty, by_optax = run(params)
     assert_same_trajectory(path, by_penalty)
     assert_same_trajectory(path, by_optax)
     # The mask matters: the unmasked decay gives a different trajectory.
-    unmasked = jax.jit(lambda p: trajectory(optax.chain(optim.l2_regularization(lam), optim.sgd(0.5)), loss, p))(params)
+    unmasked = jax.jit(
+        lambda p: trajectory(optax.chain(optim.l2_regularization(lam), optim.sgd(0.5)), loss, p)
+    )(params)
     assert max_relative_difference(unmasked, path) > 1e-4
 
 
@@ -290,7 +323,9 @@ def test_adam_equals_notes_equations(key, b1, b2, eps):
         m_hat = m / (1 - b1**t)
         v_hat = v / (1 - b2**t)
         w = w - eta * m_hat / (np.sqrt(v_hat) + eps)
-        np.testing.assert_allclose(np.asarray(ravel_pytree(at_step(path, t))[0]), w, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(
+            np.asarray(ravel_pytree(at_step(path, t))[0]), w, rtol=1e-12, atol=1e-14
+        )
 
 
 def test_adam_first_step_is_minus_eta_sign_of_gradient(key):
@@ -299,7 +334,9 @@ def test_adam_first_step_is_minus_eta_sign_of_gradient(key):
     eta, eps = 0.03, 1e-8
     opt = optim.adam(eta, eps=eps)
     updates, _ = opt.update(g, opt.init(g), g)
-    np.testing.assert_allclose(np.asarray(updates), -eta * np.asarray(g) / (np.abs(np.asarray(g)) + eps), rtol=1e-13)
+    np.testing.assert_allclose(
+        np.asarray(updates), -eta * np.asarray(g) / (np.abs(np.asarray(g)) + eps), rtol=1e-13
+    )
 
 
 def test_decoupled_weight_decay_adds_minus_alpha_lambda_w(key):
@@ -324,7 +361,10 @@ def test_decoupled_weight_decay_keeps_float64_with_float32_schedule(key, schedul
     The decay must be computed as alpha_t (lambda w) or (float64(alpha_t) lambda) w, not with alpha_t lambda
     rounded to float32 first (a 1e-8 relative error in every decay step, 1e-9 in adamw's trajectory).
     """
-    w = {"u": jax.random.normal(key, (6,)), "v": jax.random.normal(jax.random.fold_in(key, 1), (2, 3))}
+    w = {
+        "u": jax.random.normal(key, (6,)),
+        "v": jax.random.normal(jax.random.fold_in(key, 1), (2, 3)),
+    }
     lam = 0.3
     lr = SCHEDULES[schedule]()
     assert lr(jnp.asarray(5, jnp.int32)).dtype == jnp.float32  # the situation under test
@@ -332,11 +372,15 @@ def test_decoupled_weight_decay_keeps_float64_with_float32_schedule(key, schedul
     state = decay.init(w)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, w)
     for t in range(6):
-        updates, state = decay.update(zeros, state, w)  # eager, so alpha_t is the same float32 as below
+        updates, state = decay.update(
+            zeros, state, w
+        )  # eager, so alpha_t is the same float32 as below
         alpha = np.float64(np.asarray(lr(jnp.asarray(t, jnp.int32))))
         for u, wi in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(w)):
             assert u.dtype == jnp.float64
-            np.testing.assert_allclose(np.asarray(u), -alpha * (lam * np.asarray(wi)), rtol=1e-14, atol=0)
+            np.testing.assert_allclose(
+                np.asarray(u), -alpha * (lam * np.asarray(wi)), rtol=1e-14, atol=0
+            )
 
 
 # ----------------------------------------------------------------------------------- Sutskever schedule
@@ -351,12 +395,22 @@ def test_sutskever_momentum_values():
     for t, value in expected.items():
         assert sutskever_closed_form(t) == pytest.approx(value, rel=1e-15)
         np.testing.assert_allclose(float(optim.sutskever_momentum(t)), value, rtol=1e-14)
-    for t in [12_249, 12_250, 10**5, 10**6, 2**31 - 1]:  # floor(t/250) + 1 >= 50 reaches the cap 0.99
-        np.testing.assert_allclose(float(optim.sutskever_momentum(t)), min(sutskever_closed_form(t), 0.99), rtol=1e-14)
+    for t in [
+        12_249,
+        12_250,
+        10**5,
+        10**6,
+        2**31 - 1,
+    ]:  # floor(t/250) + 1 >= 50 reaches the cap 0.99
+        np.testing.assert_allclose(
+            float(optim.sutskever_momentum(t)), min(sutskever_closed_form(t), 0.99), rtol=1e-14
+        )
     assert float(optim.sutskever_momentum(10**6)) == 0.99
     assert float(optim.sutskever_momentum(10**6, mu_max=0.9)) == 0.9
     assert float(optim.sutskever_momentum(1000, mu_max=0.85)) == 0.85
-    np.testing.assert_allclose(float(optim.sutskever_momentum(250, mu_max=0.999, period=100)), 1 - 1 / 6, rtol=1e-14)
+    np.testing.assert_allclose(
+        float(optim.sutskever_momentum(250, mu_max=0.999, period=100)), 1 - 1 / 6, rtol=1e-14
+    )
 
 
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.int64])
@@ -364,7 +418,11 @@ def test_sutskever_momentum_values():
 def test_sutskever_momentum_schedule_under_jit(dtype, mu_max, period):
     """Traced integer t: the closed form over t = 0..19999, non-decreasing, never above mu_max."""
     ts = np.arange(20_000)
-    values = np.asarray(jax.jit(jax.vmap(lambda t: optim.sutskever_momentum(t, mu_max, period)))(jnp.asarray(ts, dtype)))
+    values = np.asarray(
+        jax.jit(jax.vmap(lambda t: optim.sutskever_momentum(t, mu_max, period)))(
+            jnp.asarray(ts, dtype)
+        )
+    )
     expected = np.minimum(1 - 1 / (2 * (ts // period) + 2), mu_max)
     np.testing.assert_allclose(values, expected, rtol=1e-14, atol=0)
     assert np.all(np.diff(values) >= 0)
@@ -401,9 +459,7 @@ def test_weight_decay_without_params_raises(key, make):
 # ----------------------------------------------------------------------------------- optax interoperability
 
 
-@pytest.mark.parametrize(
-    "name", ["sgd", "momentum", "nesterov", "adam", "adamw", "l2_then_sgd"]
-)
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam", "adamw", "l2_then_sgd"])
 def test_optimizers_are_gradient_transformations_in_chain_with_clipping(key, name):
     """optax.chain(clip_by_global_norm, jaxnet optimizer) with optax.apply_updates equals the all-optax chain."""
     loss, params = mlp_problem(key)
@@ -427,7 +483,12 @@ def test_state_and_update_are_jittable_pytrees(key):
     """init/update are pure: jitted update returns the same as the eager one, and the state is a pytree of arrays."""
     loss, params = quadratic_problem(key)
     grads = jax.grad(loss)(params)
-    for opt in [optim.sgd(0.1), optim.momentum(0.1, optim.sutskever_momentum), optim.adam(0.01), optim.adamw(0.01)]:
+    for opt in [
+        optim.sgd(0.1),
+        optim.momentum(0.1, optim.sutskever_momentum),
+        optim.adam(0.01),
+        optim.adamw(0.01),
+    ]:
         state = opt.init(params)
         eager = opt.update(grads, state, params)
         jitted = jax.jit(opt.update)(grads, state, params)
@@ -449,9 +510,13 @@ def test_momentum_speeds_up_learning_on_the_saturated_sigmoid_neuron():
     _, params = net.init(jax.random.PRNGKey(0), (1,))
     x, y = jnp.ones((1, 1)), jnp.zeros((1, 1))
     loss = lambda p: losses.risk(losses.quadratic, net.apply(p, x), y)  # noqa: E731
-    np.testing.assert_allclose(float(net.apply(params, x)[0, 0]), 1 / (1 + math.exp(-4.0)), rtol=1e-14)
+    np.testing.assert_allclose(
+        float(net.apply(params, x)[0, 0]), 1 / (1 + math.exp(-4.0)), rtol=1e-14
+    )
     steps = 150
-    sgd_path, momentum_path = trajectories(optim.sgd(0.15), optim.momentum(0.15, 0.9), loss, params, steps)
+    sgd_path, momentum_path = trajectories(
+        optim.sgd(0.15), optim.momentum(0.15, 0.9), loss, params, steps
+    )
     loss_sgd = np.asarray(jax.vmap(loss)(sgd_path))
     loss_momentum = np.asarray(jax.vmap(loss)(momentum_path))
     initial = float(loss(params))
@@ -461,16 +526,25 @@ def test_momentum_speeds_up_learning_on_the_saturated_sigmoid_neuron():
 
 
 def test_masked_decoupled_weight_decay_matches_optax_adamw_mask(key):
-    params = {"W": jax.random.normal(key, (4, 3)), "b": jax.random.normal(jax.random.fold_in(key, 1), (3,))}
+    params = {
+        "W": jax.random.normal(key, (4, 3)),
+        "b": jax.random.normal(jax.random.fold_in(key, 1), (3,)),
+    }
     mask = {"W": True, "b": False}
     grads = jax.tree_util.tree_map(lambda p: jnp.cos(p), params)
-    ours, theirs = optim.adamw(1e-2, weight_decay=0.1, mask=mask), optax.adamw(1e-2, weight_decay=0.1, mask=mask)
+    ours, theirs = (
+        optim.adamw(1e-2, weight_decay=0.1, mask=mask),
+        optax.adamw(1e-2, weight_decay=0.1, mask=mask),
+    )
     s_ours, s_theirs = ours.init(params), theirs.init(params)
     p_ours = p_theirs = params
     for _ in range(20):
         u_ours, s_ours = ours.update(grads, s_ours, p_ours)
         u_theirs, s_theirs = theirs.update(grads, s_theirs, p_theirs)
-        p_ours, p_theirs = optax.apply_updates(p_ours, u_ours), optax.apply_updates(p_theirs, u_theirs)
+        p_ours, p_theirs = (
+            optax.apply_updates(p_ours, u_ours),
+            optax.apply_updates(p_theirs, u_theirs),
+        )
     for name in ("W", "b"):
         np.testing.assert_allclose(p_ours[name], p_theirs[name], rtol=1e-12)
     # The bias was not decayed: its trajectory equals plain Adam's.

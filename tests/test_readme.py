@@ -14,7 +14,9 @@ def test_readme_python_examples_run_in_order():
     for block in blocks:
         # Pad with blank lines so a failure's traceback names the README's own line.
         first_line = README[: block.start(1)].count("\n")
-        exec(compile("\n" * first_line + block.group(1), str(ROOT / "README.md"), "exec"), namespace)
+        exec(
+            compile("\n" * first_line + block.group(1), str(ROOT / "README.md"), "exec"), namespace
+        )
 
 
 def test_ci_runs_the_readme_test_command():

@@ -72,7 +72,11 @@ def test_output_size_same_is_ceil_n_over_s(key):
     for _ in range(300):
         n, k, s, _ = random_geometry(rng, "same")
         lo, hi = shapes.padding_pair(n, k, s, "same")
-        assert shapes.output_size(n, k, s, "same") == math.ceil(n / s) == formula_size(n, k, s, (lo, hi))
+        assert (
+            shapes.output_size(n, k, s, "same")
+            == math.ceil(n / s)
+            == formula_size(n, k, s, (lo, hi))
+        )
         # the least padding giving ceil(n / s) outputs, the odd element after the input (as XLA / TensorFlow)
         assert lo >= 0 and hi - lo in (0, 1)
         assert lo + hi == max((math.ceil(n / s) - 1) * s + k - n, 0)
@@ -99,16 +103,28 @@ def test_conv_output_shape_formula(key):
     rng = rng_from(key)
     for padding in ["valid", "same", "full", "explicit"]:
         for _ in range(30):
-            (h, kh, sh, ph), (w, kw, sw, pw) = random_geometry(rng, padding), random_geometry(rng, padding)
+            (h, kh, sh, ph), (w, kw, sw, pw) = (
+                random_geometry(rng, padding),
+                random_geometry(rng, padding),
+            )
             c, m = int(rng.integers(1, 5)), int(rng.integers(1, 9))
             pad_arg = (ph, pw) if padding == "explicit" else padding
             if padding == "same":
                 expected = (math.ceil(h / sh), math.ceil(w / sw))
             else:
-                expected = (formula_size(h, kh, sh, formula_pads(h, kh, sh, ph)), formula_size(w, kw, sw, formula_pads(w, kw, sw, pw)))
-            assert shapes.conv_output_shape((h, w, c), (kh, kw), m, (sh, sw), pad_arg) == expected + (m,)
-            assert shapes.conv_output_shape((h, w, c), (kh, kw), None, (sh, sw), pad_arg) == expected + (c,)
-            assert shapes.conv_output_shape((7, h, w, c), (kh, kw), m, (sh, sw), pad_arg) == (7,) + expected + (m,)
+                expected = (
+                    formula_size(h, kh, sh, formula_pads(h, kh, sh, ph)),
+                    formula_size(w, kw, sw, formula_pads(w, kw, sw, pw)),
+                )
+            assert shapes.conv_output_shape(
+                (h, w, c), (kh, kw), m, (sh, sw), pad_arg
+            ) == expected + (m,)
+            assert shapes.conv_output_shape(
+                (h, w, c), (kh, kw), None, (sh, sw), pad_arg
+            ) == expected + (c,)
+            assert shapes.conv_output_shape((7, h, w, c), (kh, kw), m, (sh, sw), pad_arg) == (
+                7,
+            ) + expected + (m,)
     # default stride 1
     assert shapes.conv_output_shape((9, 8, 3), (3, 2), 4) == (7, 7, 4)
 
@@ -136,10 +152,15 @@ def numpy_init(rng):
 def test_conv2d_shapes_match_forward_pass(key, padding):
     rng = rng_from(key)
     for case in range(4):
-        (h, kh, sh, ph), (w, kw, sw, pw) = random_geometry(rng, padding), random_geometry(rng, padding)
+        (h, kh, sh, ph), (w, kw, sw, pw) = (
+            random_geometry(rng, padding),
+            random_geometry(rng, padding),
+        )
         c, m = int(rng.integers(1, 4)), int(rng.integers(1, 5))
         pad_arg = (ph, pw) if padding == "explicit" else padding
-        layer = Conv2D(m, (kh, kw), (sh, sw), pad_arg, W_init=numpy_init(rng), b_init=numpy_init(rng))
+        layer = Conv2D(
+            m, (kh, kw), (sh, sw), pad_arg, W_init=numpy_init(rng), b_init=numpy_init(rng)
+        )
         out_shape, params = layer.init(jax.random.fold_in(key, case), (h, w, c))
         expected = shapes.conv_output_shape((h, w, c), (kh, kw), m, (sh, sw), pad_arg)
         assert out_shape == expected
@@ -149,7 +170,11 @@ def test_conv2d_shapes_match_forward_pass(key, padding):
         def forward_and_reference(params, x):
             # XLA's convolution with its own padding rule for 'SAME' / 'VALID'
             ref = jax.lax.conv_general_dilated(
-                x, params["W"], (sh, sw), lax_pairs(pad_arg, (kh, kw)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+                x,
+                params["W"],
+                (sh, sw),
+                lax_pairs(pad_arg, (kh, kw)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )
             return layer.apply(params, x), ref + params["b"][None, None, None, :]
 
@@ -158,7 +183,11 @@ def test_conv2d_shapes_match_forward_pass(key, padding):
         np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
         if padding == "same":
             assert y.shape[1:3] == (math.ceil(h / sh), math.ceil(w / sw))
-        assert shapes.param_count(params) == shapes.conv_param_count((kh, kw), c, m) == m * (c * kh * kw + 1)
+        assert (
+            shapes.param_count(params)
+            == shapes.conv_param_count((kh, kw), c, m)
+            == m * (c * kh * kw + 1)
+        )
 
 
 @pytest.mark.parametrize("pool", [MaxPool, AvgPool], ids=["MaxPool", "AvgPool"])
@@ -166,9 +195,12 @@ def test_conv2d_shapes_match_forward_pass(key, padding):
 def test_pooling_shapes_match_forward_pass(key, pool, padding):
     rng = rng_from(key)
     for case in range(4):
-        (h, kh, sh, ph), (w, kw, sw, pw) = random_geometry(rng, padding, pool=True), random_geometry(rng, padding, pool=True)
+        (h, kh, sh, ph), (w, kw, sw, pw) = (
+            random_geometry(rng, padding, pool=True),
+            random_geometry(rng, padding, pool=True),
+        )
         c = int(rng.integers(1, 4))
-        pad_arg = ((ph, pw) if padding == "explicit" else padding)
+        pad_arg = (ph, pw) if padding == "explicit" else padding
         strides = None if case == 0 else (sh, sw)  # default stride: the window
         layer = pool((kh, kw), strides, pad_arg)
         out_shape, params = layer.init(jax.random.fold_in(key, case), (h, w, c))
@@ -210,7 +242,9 @@ def test_receptive_field_two_layers(key):
     rng = rng_from(key)
     for _ in range(100):
         (k1, s1), (k2, s2) = rng.integers(1, 8, size=(2, 2))
-        assert shapes.receptive_field([(int(k1), int(s1)), (int(k2), int(s2))]) == (k2 - 1) * s1 + k1
+        assert (
+            shapes.receptive_field([(int(k1), int(s1)), (int(k2), int(s2))]) == (k2 - 1) * s1 + k1
+        )
 
 
 def brute_force_field(stack):
@@ -242,7 +276,9 @@ def influence_count(stack, n, out_index):
     net = serial(*[Conv2D(1, win, st, "valid", W_init=positive_init) for win, st in stack])
     in_shape = (n[0], n[1], 1)
     out_shape, params = net.init(jax.random.PRNGKey(0), in_shape)
-    grad = jax.jit(jax.grad(lambda x: net.apply(params, x)[(0,) + out_index + (0,)]))(jnp.ones((1,) + in_shape))
+    grad = jax.jit(jax.grad(lambda x: net.apply(params, x)[(0,) + out_index + (0,)]))(
+        jnp.ones((1,) + in_shape)
+    )
     nz = np.argwhere(np.asarray(grad)[0, :, :, 0] != 0)
     return out_shape, nz
 
@@ -267,7 +303,10 @@ def test_receptive_field_notes_stack_in_two_dimensions():
     out_shape, nz = influence_count([((5, 5), (2, 2)), ((5, 5), (1, 1))], (17, 17), (1, 2))
     assert out_shape == (3, 3, 1)
     assert len(nz) == 169
-    assert tuple(nz.min(axis=0)) == (2, 4) and tuple(nz.max(axis=0)) == (14, 16)  # rows 2..14, cols 4..16
+    assert tuple(nz.min(axis=0)) == (2, 4) and tuple(nz.max(axis=0)) == (
+        14,
+        16,
+    )  # rows 2..14, cols 4..16
 
 
 # ------------------------------------------------------------------------- parameter counts, the notes' AlexNet layer
@@ -307,7 +346,9 @@ def test_alexnet_full_padding_is_larger_than_56():
     out = shapes.conv_output_shape((224, 224, 3), (11, 11), 96, (4, 4), "full")
     assert out[0] > 56 and out[1] > 56
     assert out == ((224 + 20 - 11) // 4 + 1,) * 2 + (96,)
-    out_shape, _ = Conv2D(96, 11, 4, "full", W_init=jax.nn.initializers.ones).init(jax.random.PRNGKey(0), (224, 224, 3))
+    out_shape, _ = Conv2D(96, 11, 4, "full", W_init=jax.nn.initializers.ones).init(
+        jax.random.PRNGKey(0), (224, 224, 3)
+    )
     assert out_shape == out
 
 
@@ -342,7 +383,12 @@ def test_dense_param_count(key):
 
 
 def test_param_count_of_pytrees():
-    params = ({"W": jnp.zeros((3, 4)), "b": jnp.zeros(3)}, (), [jnp.zeros((2, 2, 2))], jnp.zeros(()))
+    params = (
+        {"W": jnp.zeros((3, 4)), "b": jnp.zeros(3)},
+        (),
+        [jnp.zeros((2, 2, 2))],
+        jnp.zeros(()),
+    )
     assert shapes.param_count(params) == 12 + 3 + 8 + 1
     assert shapes.param_count(()) == 0
 
@@ -352,29 +398,59 @@ def test_param_count_of_pytrees():
 
 BAD_ARGUMENTS = [
     ("padding-output_size", lambda: shapes.output_size(10, 3, 1, "middle"), "middle"),
-    ("padding-conv_output_shape", lambda: shapes.conv_output_shape((8, 8, 3), (3, 3), 4, (1, 1), "middle"), "middle"),
+    (
+        "padding-conv_output_shape",
+        lambda: shapes.conv_output_shape((8, 8, 3), (3, 3), 4, (1, 1), "middle"),
+        "middle",
+    ),
     ("padding-Conv2D", lambda: Conv2D(4, 3, padding="middle"), "middle"),
     ("padding-MaxPool", lambda: MaxPool(2, padding="middle"), "middle"),
     ("padding-negative", lambda: shapes.output_size(10, 3, 1, (-1, 0)), "non-negative"),
     ("padding-not-a-pair", lambda: shapes.output_size(10, 3, 1, (1, 2, 3)), "pair"),
-    ("padding-pairs-count", lambda: shapes.conv_output_shape((8, 8, 3), (3, 3), 4, (1, 1), ((1, 1),)), "pair"),
+    (
+        "padding-pairs-count",
+        lambda: shapes.conv_output_shape((8, 8, 3), (3, 3), 4, (1, 1), ((1, 1),)),
+        "pair",
+    ),
     ("stride-0-output_size", lambda: shapes.output_size(10, 3, 0), "stride"),
-    ("stride-0-conv_output_shape", lambda: shapes.conv_output_shape((8, 8, 3), (3, 3), 4, (0, 1)), "stride"),
+    (
+        "stride-0-conv_output_shape",
+        lambda: shapes.conv_output_shape((8, 8, 3), (3, 3), 4, (0, 1)),
+        "stride",
+    ),
     ("stride-0-Conv2D", lambda: Conv2D(4, 3, strides=0), "strides"),
     ("stride-0-MaxPool", lambda: MaxPool(2, strides=0), "strides"),
     ("stride-0-receptive_field", lambda: shapes.receptive_field([(5, 2), (5, 0)]), "stride"),
     ("window-0", lambda: shapes.output_size(10, 0), "window"),
     ("window-too-large-output_size", lambda: shapes.output_size(3, 5, 1, "valid"), "window"),
-    ("window-too-large-conv_output_shape", lambda: shapes.conv_output_shape((3, 8, 1), (5, 5), 2), "window"),
-    ("window-too-large-Conv2D", lambda: Conv2D(4, 5).init(jax.random.PRNGKey(0), (3, 3, 1)), "window"),
-    ("window-too-large-MaxPool", lambda: MaxPool(5).init(jax.random.PRNGKey(0), (3, 3, 1)), "window"),
+    (
+        "window-too-large-conv_output_shape",
+        lambda: shapes.conv_output_shape((3, 8, 1), (5, 5), 2),
+        "window",
+    ),
+    (
+        "window-too-large-Conv2D",
+        lambda: Conv2D(4, 5).init(jax.random.PRNGKey(0), (3, 3, 1)),
+        "window",
+    ),
+    (
+        "window-too-large-MaxPool",
+        lambda: MaxPool(5).init(jax.random.PRNGKey(0), (3, 3, 1)),
+        "window",
+    ),
     ("input-size-0", lambda: shapes.output_size(0, 1), "input size"),
     ("input-shape-rank", lambda: shapes.conv_output_shape((8, 8), (3, 3), 4), "input_shape"),
-    ("pool-padding-not-smaller-than-window", lambda: MaxPool(2, padding=((2, 0), (0, 0))), "smaller than the window"),
+    (
+        "pool-padding-not-smaller-than-window",
+        lambda: MaxPool(2, padding=((2, 0), (0, 0))),
+        "smaller than the window",
+    ),
 ]
 
 
-@pytest.mark.parametrize("make,fragment", [case[1:] for case in BAD_ARGUMENTS], ids=[case[0] for case in BAD_ARGUMENTS])
+@pytest.mark.parametrize(
+    "make,fragment", [case[1:] for case in BAD_ARGUMENTS], ids=[case[0] for case in BAD_ARGUMENTS]
+)
 def test_bad_arguments_raise_value_error_naming_the_problem(make, fragment):
     with pytest.raises(ValueError, match=re.escape(fragment)):
         make()
@@ -383,26 +459,40 @@ def test_bad_arguments_raise_value_error_naming_the_problem(make, fragment):
 def test_window_larger_than_input_is_fine_with_same_or_full_padding():
     assert shapes.output_size(3, 5, 1, "same") == 3
     assert shapes.output_size(3, 5, 1, "full") == 7
-    out_shape, _ = Conv2D(2, 5, 1, "same", W_init=jax.nn.initializers.ones).init(jax.random.PRNGKey(0), (3, 3, 1))
+    out_shape, _ = Conv2D(2, 5, 1, "same", W_init=jax.nn.initializers.ones).init(
+        jax.random.PRNGKey(0), (3, 3, 1)
+    )
     assert out_shape == (3, 3, 2)
 
 
 def test_network_receptive_field_matches_the_gradient_footprint(key):
     # Average- rather than max-pooling: a max routes the gradient to one winner, hiding the rest of the field.
-    net = L.serial(L.Conv2D(1, 5, 2), L.Sigmoid, L.Conv2D(1, (5, 3)), L.AvgPool(2, 1), L.Flatten, L.Dense(2))
-    assert shapes.network_receptive_field(net) == ((5 - 1) * 2 + 5 + 1 * 2, 5 + 2 * 2 + 1 * 2)  # (15, 11)
+    net = L.serial(
+        L.Conv2D(1, 5, 2), L.Sigmoid, L.Conv2D(1, (5, 3)), L.AvgPool(2, 1), L.Flatten, L.Dense(2)
+    )
+    assert shapes.network_receptive_field(net) == (
+        (5 - 1) * 2 + 5 + 1 * 2,
+        5 + 2 * 2 + 1 * 2,
+    )  # (15, 11)
     _, params = net.init(key, (31, 31, 1))
     # All-positive kernels, so no input's influence cancels; a sigmoid keeps every path alive.
     params = jax.tree_util.tree_map(lambda p: jnp.abs(p) + 0.1, params)
     conv_part = L.serial(*net.spec["layers"][:4])
-    grad = jax.grad(lambda x: conv_part.apply(params[:4], x)[0, 3, 3, 0])(jnp.ones((1, 31, 31, 1)))[0, :, :, 0]
+    grad = jax.grad(lambda x: conv_part.apply(params[:4], x)[0, 3, 3, 0])(jnp.ones((1, 31, 31, 1)))[
+        0, :, :, 0
+    ]
     rows, cols = np.nonzero(np.asarray(grad))
-    assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == shapes.network_receptive_field(net)
+    assert (
+        rows.max() - rows.min() + 1,
+        cols.max() - cols.min() + 1,
+    ) == shapes.network_receptive_field(net)
 
 
 def test_multiply_adds_alexnet_first_layer_and_nielsen_mlp():
     alexnet = Conv2D(96, 11, 4, ((2, 2), (2, 2)))
-    assert shapes.multiply_adds(alexnet, (224, 224, 3)) == [55 * 55 * 11 * 11 * 3 * 96]  # 105,415,200
+    assert shapes.multiply_adds(alexnet, (224, 224, 3)) == [
+        55 * 55 * 11 * 11 * 3 * 96
+    ]  # 105,415,200
     nielsen = serial(L.Flatten, Dense(30), L.Sigmoid, Dense(10))
     assert shapes.multiply_adds(nielsen, (28, 28, 1)) == [0, 784 * 30, 0, 30 * 10]
 
@@ -421,8 +511,13 @@ def test_multiply_adds_agree_with_xla_cost_analysis(key):
         layer = Conv2D(o, (kh, kw), s, "valid")
         _, params = layer.init(k, (h, w, c))
         x = jnp.ones((1, h, w, c), params["W"].dtype)
-        conv = lambda x, W: jax.lax.conv_general_dilated(x, W, (s, s), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+        conv = lambda x, W: jax.lax.conv_general_dilated(
+            x, W, (s, s), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )  # noqa: E731
         assert _xla_flops(conv, x, params["W"]) == 2 * shapes.multiply_adds(layer, (h, w, c))[0]
     dense = Dense(13)
     _, params = dense.init(key, (29,))
-    assert _xla_flops(lambda x, W: x @ W.T, jnp.ones((1, 29), params["W"].dtype), params["W"]) == 2 * shapes.multiply_adds(dense, (29,))[0]
+    assert (
+        _xla_flops(lambda x, W: x @ W.T, jnp.ones((1, 29), params["W"].dtype), params["W"])
+        == 2 * shapes.multiply_adds(dense, (29,))[0]
+    )

@@ -12,22 +12,40 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = [
-    "--config.dataset.name=synthetic", "--config.dataset.validation_size=256", "--config.model.channels=(4,)",
-    "--config.model.hidden=(16,)", "--config.epochs=3", "--config.batch_size=32", "--config.steps_per_chunk=4",
-    "--config.checkpoint.every_chunks=1", "--config.checkpoint.keep=2", "--config.devices.strategy=single",
-    "--config.model.dropout=0.3", "--config.optimizer.learning_rate=0.01",
+    "--config.dataset.name=synthetic",
+    "--config.dataset.validation_size=256",
+    "--config.model.channels=(4,)",
+    "--config.model.hidden=(16,)",
+    "--config.epochs=3",
+    "--config.batch_size=32",
+    "--config.steps_per_chunk=4",
+    "--config.checkpoint.every_chunks=1",
+    "--config.checkpoint.keep=2",
+    "--config.devices.strategy=single",
+    "--config.model.dropout=0.3",
+    "--config.optimizer.learning_rate=0.01",
 ]
 
 
 def train(workdir, *extra, **kwargs):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     argv = [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={workdir}", *SMALL, *extra]
-    return subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        argv,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def checkpoint_steps(workdir):
     folder = os.path.join(workdir, "checkpoints")
-    return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
+    return (
+        sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
+    )
 
 
 def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_result(tmp_path):
@@ -39,7 +57,11 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_result(tmp
     run = train(killed_dir)
     deadline = time.time() + 240
     target = random.Random().randint(2, 12)  # kill after this many checkpoints have appeared
-    while time.time() < deadline and run.poll() is None and (not checkpoint_steps(killed_dir) or checkpoint_steps(killed_dir)[-1] < target * 4):
+    while (
+        time.time() < deadline
+        and run.poll() is None
+        and (not checkpoint_steps(killed_dir) or checkpoint_steps(killed_dir)[-1] < target * 4)
+    ):
         time.sleep(0.05)
     assert run.poll() is None, "the run finished before it could be killed; use more epochs"
     time.sleep(random.Random().uniform(0, 0.5))  # anywhere, even in the middle of a save
@@ -53,7 +75,9 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_result(tmp
     assert "resuming from" in out
     a = json.loads((tmp_path / "straight" / "summary.json").read_text())
     b = json.loads((killed_dir / "summary.json").read_text())
-    assert b["test_loss"] == a["test_loss"] and b["best_val_error"] == a["best_val_error"]  # bit-identical parameters
+    assert (
+        b["test_loss"] == a["test_loss"] and b["best_val_error"] == a["best_val_error"]
+    )  # bit-identical parameters
     last = lambda d: json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])  # noqa: E731
     assert last(killed_dir)["val_loss"] == last(tmp_path / "straight")["val_loss"]
 
@@ -65,7 +89,9 @@ def test_sigterm_saves_then_exits_and_the_same_command_resumes(tmp_path):
         assert run.poll() is None
     run.send_signal(signal.SIGTERM)
     out, _ = run.communicate(timeout=120)
-    assert run.returncode != 0 and "saved at step" in out and "run the same command to resume" in out
+    assert (
+        run.returncode != 0 and "saved at step" in out and "run the same command to resume" in out
+    )
     saved = int(out.split("saved at step ")[1].split(";")[0])
     assert saved in checkpoint_steps(tmp_path)
     resumed = train(tmp_path)

@@ -38,7 +38,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU_VM = ("gcloud", "compute", "tpus", "tpu-vm")
@@ -74,7 +74,9 @@ class Step:
 
 @dataclasses.dataclass
 class Outcome:
-    ran: list[str] = dataclasses.field(default_factory=list)  # names of the steps attempted, in order
+    ran: list[str] = dataclasses.field(
+        default_factory=list
+    )  # names of the steps attempted, in order
     skipped: list[str] = dataclasses.field(default_factory=list)
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (step name, why)
     interrupted: bool = False
@@ -105,28 +107,73 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     vm = p.add_argument_group("the TPU VM")
-    vm.add_argument("--name", required=True, help="TPU VM name (lowercase letters, digits, hyphens).")
-    vm.add_argument("--zone", required=True, help="zone, e.g. us-central2-b (v4) or us-west4-a (v5e).")
-    vm.add_argument("--project", help="Google Cloud project; default: gcloud's configured core/project.")
-    vm.add_argument("--accelerator-type", default="v4-8", help="e.g. v4-8, v5litepod-8, v5p-8, v6e-8 (default: %(default)s).")
-    vm.add_argument("--version", help="TPU runtime version; default: chosen from the accelerator type "
-                    "(tpu-ubuntu2204-base for v2-v4, v2-alpha-tpuv5-lite for v5e, v2-alpha-tpuv5 for v5p, v2-alpha-tpuv6e for v6e).")
+    vm.add_argument(
+        "--name", required=True, help="TPU VM name (lowercase letters, digits, hyphens)."
+    )
+    vm.add_argument(
+        "--zone", required=True, help="zone, e.g. us-central2-b (v4) or us-west4-a (v5e)."
+    )
+    vm.add_argument(
+        "--project", help="Google Cloud project; default: gcloud's configured core/project."
+    )
+    vm.add_argument(
+        "--accelerator-type",
+        default="v4-8",
+        help="e.g. v4-8, v5litepod-8, v5p-8, v6e-8 (default: %(default)s).",
+    )
+    vm.add_argument(
+        "--version",
+        help="TPU runtime version; default: chosen from the accelerator type "
+        "(tpu-ubuntu2204-base for v2-v4, v2-alpha-tpuv5-lite for v5e, v2-alpha-tpuv5 for v5p, v2-alpha-tpuv6e for v6e).",
+    )
     cap = vm.add_mutually_exclusive_group()
-    cap.add_argument("--spot", action="store_true", help="create a Spot TPU VM (cheaper, may be preempted).")
-    cap.add_argument("--preemptible", action="store_true", help="create a preemptible TPU VM (older model, 24 h at most).")
-    vm.add_argument("--keep-vm", action="store_true", help="do not delete the VM at the end (you pay for it until you do).")
+    cap.add_argument(
+        "--spot", action="store_true", help="create a Spot TPU VM (cheaper, may be preempted)."
+    )
+    cap.add_argument(
+        "--preemptible",
+        action="store_true",
+        help="create a preemptible TPU VM (older model, 24 h at most).",
+    )
+    vm.add_argument(
+        "--keep-vm",
+        action="store_true",
+        help="do not delete the VM at the end (you pay for it until you do).",
+    )
 
     code = p.add_argument_group("the code")
-    code.add_argument("--repo-url", help="git clone this URL on every worker instead of copying `git archive HEAD` of this checkout.")
+    code.add_argument(
+        "--repo-url",
+        help="git clone this URL on every worker instead of copying `git archive HEAD` of this checkout.",
+    )
     code.add_argument("--ref", help="with --repo-url: the branch, tag or commit to check out.")
-    code.add_argument("--remote-dir", default="~/jaxnet", help="where the code goes on each worker (default: %(default)s).")
-    code.add_argument("--python", default="python3", help="the Python on the workers (default: %(default)s).")
+    code.add_argument(
+        "--remote-dir",
+        default="~/jaxnet",
+        help="where the code goes on each worker (default: %(default)s).",
+    )
+    code.add_argument(
+        "--python", default="python3", help="the Python on the workers (default: %(default)s)."
+    )
 
     run = p.add_argument_group("the run")
-    run.add_argument("--config", default="configs/tpu.py", help="config file, relative to the repository root (default: %(default)s).")
-    run.add_argument("--workdir", help="run folder on each worker, or a gs:// path (default: ~/jaxnet_runs/NAME).")
-    run.add_argument("--results-dir", default="runs", help="local folder the workdir is fetched into, as RESULTS_DIR/<workdir name> (default: %(default)s).")
-    run.add_argument("--dry-run", action="store_true", help="print every command, numbered, and run nothing.")
+    run.add_argument(
+        "--config",
+        default="configs/tpu.py",
+        help="config file, relative to the repository root (default: %(default)s).",
+    )
+    run.add_argument(
+        "--workdir",
+        help="run folder on each worker, or a gs:// path (default: ~/jaxnet_runs/NAME).",
+    )
+    run.add_argument(
+        "--results-dir",
+        default="runs",
+        help="local folder the workdir is fetched into, as RESULTS_DIR/<workdir name> (default: %(default)s).",
+    )
+    run.add_argument(
+        "--dry-run", action="store_true", help="print every command, numbered, and run nothing."
+    )
     return p
 
 
@@ -137,7 +184,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     tail = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, tail = argv[:cut], argv[cut + 1:]
+        argv, tail = argv[:cut], argv[cut + 1 :]
     args, extra = parser.parse_known_args(argv)
     args.overrides = extra + tail
     try:
@@ -156,36 +203,50 @@ _OVERRIDE = re.compile(r"--config\.[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_
 def validate(args: argparse.Namespace) -> None:
     """Check the arguments and fill in the defaults that depend on others; raise UsageError."""
     if not _NAME.fullmatch(args.name or ""):
-        raise UsageError(f"--name {args.name!r}: a TPU name is 1-63 lowercase letters, digits and hyphens, starting with a letter")
+        raise UsageError(
+            f"--name {args.name!r}: a TPU name is 1-63 lowercase letters, digits and hyphens, starting with a letter"
+        )
     if not _ZONE.fullmatch(args.zone or ""):
         raise UsageError(f"--zone {args.zone!r} does not look like a zone (e.g. us-central2-b)")
     if not _ACCELERATOR.fullmatch(args.accelerator_type):
-        raise UsageError(f"--accelerator-type {args.accelerator_type!r} does not look like v4-8, v5litepod-8, v5p-8 or v6e-8")
+        raise UsageError(
+            f"--accelerator-type {args.accelerator_type!r} does not look like v4-8, v5litepod-8, v5p-8 or v6e-8"
+        )
     if args.version is None:
         args.version = default_runtime_version(args.accelerator_type)
         if args.version is None:
-            raise UsageError(f"--version: no default runtime version known for --accelerator-type {args.accelerator_type}; give one")
+            raise UsageError(
+                f"--version: no default runtime version known for --accelerator-type {args.accelerator_type}; give one"
+            )
     if args.ref and not args.repo_url:
         raise UsageError("--ref needs --repo-url")
     if os.path.isabs(args.config) or not os.path.isfile(os.path.join(REPO_ROOT, args.config)):
-        raise UsageError(f"--config {args.config!r}: no such file relative to the repository root {REPO_ROOT}")
+        raise UsageError(
+            f"--config {args.config!r}: no such file relative to the repository root {REPO_ROOT}"
+        )
     for name in ("remote_dir", "workdir"):
         value = getattr(args, name)
         if value is None:
             continue
         if any(c.isspace() for c in value):
-            raise UsageError(f"--{name.replace('_', '-')} {value!r}: paths on the workers may not contain spaces")
+            raise UsageError(
+                f"--{name.replace('_', '-')} {value!r}: paths on the workers may not contain spaces"
+            )
         if name == "workdir" and value.startswith("gs://"):
             if len(value) <= len("gs://"):
                 raise UsageError(f"--workdir {value!r} names no bucket")
             continue
         if not (value.startswith("~/") or value.startswith("/")) or value.rstrip("/") in ("~", ""):
-            raise UsageError(f"--{name.replace('_', '-')} {value!r}: give a path on the workers starting with ~/ or /")
+            raise UsageError(
+                f"--{name.replace('_', '-')} {value!r}: give a path on the workers starting with ~/ or /"
+            )
     if args.workdir is None:
         args.workdir = f"~/jaxnet_runs/{args.name}"
     for item in args.overrides:
         if not _OVERRIDE.fullmatch(item):
-            raise UsageError(f"unrecognized argument {item!r}: training overrides must look like --config.key=value")
+            raise UsageError(
+                f"unrecognized argument {item!r}: training overrides must look like --config.key=value"
+            )
 
 
 def default_runtime_version(accelerator_type: str) -> str | None:
@@ -231,15 +292,42 @@ def plan(args: argparse.Namespace) -> list[Step]:
 
     if not args.repo_url:
         tarball = archive_path(args)
-        steps.append(Step("archive", ("git", "-C", REPO_ROOT, "archive", "--format=tar.gz", f"--output={tarball}", "HEAD"),
-                          "pack the committed tree of this checkout (uncommitted changes are not included)", local=True))
+        steps.append(
+            Step(
+                "archive",
+                (
+                    "git",
+                    "-C",
+                    REPO_ROOT,
+                    "archive",
+                    "--format=tar.gz",
+                    f"--output={tarball}",
+                    "HEAD",
+                ),
+                "pack the committed tree of this checkout (uncommitted changes are not included)",
+                local=True,
+            )
+        )
 
-    create = [*TPU_VM, "create", args.name, *where, f"--accelerator-type={args.accelerator_type}", f"--version={args.version}"]
+    create = [
+        *TPU_VM,
+        "create",
+        args.name,
+        *where,
+        f"--accelerator-type={args.accelerator_type}",
+        f"--version={args.version}",
+    ]
     if args.spot:
         create.append("--spot")
     if args.preemptible:
         create.append("--preemptible")
-    steps.append(Step("create", tuple(create), f"create the TPU VM ({args.accelerator_type}, runtime {args.version})"))
+    steps.append(
+        Step(
+            "create",
+            tuple(create),
+            f"create the TPU VM ({args.accelerator_type}, runtime {args.version})",
+        )
+    )
 
     if args.repo_url:
         clone = f"rm -rf {remote_dir} && git clone {shlex.quote(args.repo_url)} {remote_dir}"
@@ -247,26 +335,75 @@ def plan(args: argparse.Namespace) -> list[Step]:
             clone += f" && cd {remote_dir} && git checkout {shlex.quote(args.ref)}"
         steps.append(Step("copy", ssh_all(clone), "clone the repository on every worker"))
     else:
-        steps.append(Step("copy", (*TPU_VM, "scp", tarball, f"{args.name}:{ARCHIVE_NAME}", *where, "--worker=all"),
-                          "copy the tarball to every worker"))
+        steps.append(
+            Step(
+                "copy",
+                (*TPU_VM, "scp", tarball, f"{args.name}:{ARCHIVE_NAME}", *where, "--worker=all"),
+                "copy the tarball to every worker",
+            )
+        )
         unpack = f"rm -rf {remote_dir} && mkdir -p {remote_dir} && tar -xzf ~/{ARCHIVE_NAME} -C {remote_dir}"
         steps.append(Step("unpack", ssh_all(unpack), "unpack it on every worker"))
 
     install = f'cd {remote_dir} && {py} -m pip install -U "jax[tpu]" && {py} -m pip install -e .'
-    steps.append(Step("install", ssh_all(install), "install JAX for TPU, then jaxnet, on every worker"))
+    steps.append(
+        Step("install", ssh_all(install), "install JAX for TPU, then jaxnet, on every worker")
+    )
 
-    train = [py, "train.py", "--config", shlex.quote(args.config), "--workdir", remote_shell_path(args.workdir)]
+    train = [
+        py,
+        "train.py",
+        "--config",
+        shlex.quote(args.config),
+        "--workdir",
+        remote_shell_path(args.workdir),
+    ]
     train += [shlex.quote(o) for o in args.overrides]
-    steps.append(Step("train", ssh_all(f"cd {remote_dir} && " + " ".join(train)),
-                      "train on ALL workers at once: multi-host JAX needs every host to run the same program"))
+    steps.append(
+        Step(
+            "train",
+            ssh_all(f"cd {remote_dir} && " + " ".join(train)),
+            "train on ALL workers at once: multi-host JAX needs every host to run the same program",
+        )
+    )
 
     if args.workdir.startswith("gs://"):
-        fetch = ("gcloud", "storage", "cp", "--recursive", args.workdir.rstrip("/"), args.results_dir)
-        steps.append(Step("fetch", fetch, f"download the workdir into {args.results_dir}/", when=SALVAGE, local=True))
+        fetch = (
+            "gcloud",
+            "storage",
+            "cp",
+            "--recursive",
+            args.workdir.rstrip("/"),
+            args.results_dir,
+        )
+        steps.append(
+            Step(
+                "fetch",
+                fetch,
+                f"download the workdir into {args.results_dir}/",
+                when=SALVAGE,
+                local=True,
+            )
+        )
     else:
         remote = scp_remote_path(args.workdir.rstrip("/"))
-        fetch = (*TPU_VM, "scp", f"{args.name}:{remote}", args.results_dir, *where, "--worker=0", "--recurse")
-        steps.append(Step("fetch", fetch, f"copy the workdir from worker 0 into {args.results_dir}/", when=SALVAGE))
+        fetch = (
+            *TPU_VM,
+            "scp",
+            f"{args.name}:{remote}",
+            args.results_dir,
+            *where,
+            "--worker=0",
+            "--recurse",
+        )
+        steps.append(
+            Step(
+                "fetch",
+                fetch,
+                f"copy the workdir from worker 0 into {args.results_dir}/",
+                when=SALVAGE,
+            )
+        )
 
     if not args.keep_vm:
         steps.append(Step("delete", delete_argv(args), "delete the TPU VM", when=CLEANUP))
@@ -298,8 +435,11 @@ def _why(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def execute(steps: Sequence[Step], runner: Callable[[Sequence[str]], None] = run_command,
-            log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> Outcome:
+def execute(
+    steps: Sequence[Step],
+    runner: Callable[[Sequence[str]], None] = run_command,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> Outcome:
     """Run the steps in order with `runner(argv)`, which raises on failure (like check=True).
 
     After a failure or KeyboardInterrupt the remaining steps are skipped except SALVAGE steps
@@ -356,13 +496,17 @@ def report(args: argparse.Namespace, steps: Sequence[Step], out: Outcome) -> str
         name, why = out.failures[0]
         lines.append(f"launch.py: step '{name}' ({index[name]}/{total}) failed: {why}")
         for other, other_why in out.failures[1:]:
-            lines.append(f"launch.py: step '{other}' ({index[other]}/{total}) failed too: {other_why}")
+            lines.append(
+                f"launch.py: step '{other}' ({index[other]}/{total}) failed too: {other_why}"
+            )
     delete_failed = any(name == "delete" for name, _ in out.failures)
     created = "create" in out.ran
     if created and (args.keep_vm or delete_failed):
         why = "--keep-vm" if args.keep_vm else "its delete step failed"
-        lines.append(f"launch.py: the TPU VM {args.name!r} may still exist ({why}); it costs money until you run:\n"
-                     f"    {shlex.join(delete_argv(args))}")
+        lines.append(
+            f"launch.py: the TPU VM {args.name!r} may still exist ({why}); it costs money until you run:\n"
+            f"    {shlex.join(delete_argv(args))}"
+        )
     elif created and "delete" in out.ran:
         lines.append(f"launch.py: the TPU VM {args.name!r} was deleted")
     return "\n".join(lines)
@@ -374,11 +518,18 @@ def print_plan(args: argparse.Namespace, steps: Sequence[Step], stream=sys.stdou
     if not args.repo_url:
         w("# note: git archive HEAD ships committed files only; commit first")
     for i, step in enumerate(steps, 1):
-        tags = {SALVAGE: " [also after a failed train]", CLEANUP: " [always, even after a failure or Ctrl-C]"}.get(step.when, "")
-        w(f"# step {i}/{len(steps)}: {step.name}{' (local)' if step.local else ''}{tags} -- {step.about}")
+        tags = {
+            SALVAGE: " [also after a failed train]",
+            CLEANUP: " [always, even after a failure or Ctrl-C]",
+        }.get(step.when, "")
+        w(
+            f"# step {i}/{len(steps)}: {step.name}{' (local)' if step.local else ''}{tags} -- {step.about}"
+        )
         w(step.command())
     if args.keep_vm:
-        w(f"# --keep-vm: the VM is not deleted; delete it yourself with:\n#   {shlex.join(delete_argv(args))}")
+        w(
+            f"# --keep-vm: the VM is not deleted; delete it yourself with:\n#   {shlex.join(delete_argv(args))}"
+        )
 
 
 def _interrupt_on_sigterm() -> None:
@@ -390,13 +541,18 @@ def _interrupt_on_sigterm() -> None:
             signal.signal(sig, handler)
 
 
-def main(argv: Sequence[str] | None = None, runner: Callable[[Sequence[str]], None] = run_command) -> int:
+def main(
+    argv: Sequence[str] | None = None, runner: Callable[[Sequence[str]], None] = run_command
+) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     steps = plan(args)
     if is_multi_host(args.accelerator_type) and not args.workdir.startswith("gs://"):
-        print(f"launch.py: warning: {args.accelerator_type} spans several hosts and --workdir {args.workdir} is local to "
-              "each of them; only worker 0's copy is fetched, and multi-host checkpoints need a shared path "
-              "(a gs:// workdir, if train.py can write one)", file=sys.stderr)
+        print(
+            f"launch.py: warning: {args.accelerator_type} spans several hosts and --workdir {args.workdir} is local to "
+            "each of them; only worker 0's copy is fetched, and multi-host checkpoints need a shared path "
+            "(a gs:// workdir, if train.py can write one)",
+            file=sys.stderr,
+        )
     if args.dry_run:
         print_plan(args, steps)
         return 0
@@ -406,8 +562,11 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[Sequence[str]], No
     try:
         out = execute(steps, runner)
     except KeyboardInterrupt:  # a second Ctrl-C, during the delete step
-        print(f"\nlaunch.py: interrupted while deleting; the TPU VM {args.name!r} may still exist. Delete it with:\n"
-              f"    {shlex.join(delete_argv(args))}", file=sys.stderr)
+        print(
+            f"\nlaunch.py: interrupted while deleting; the TPU VM {args.name!r} may still exist. Delete it with:\n"
+            f"    {shlex.join(delete_argv(args))}",
+            file=sys.stderr,
+        )
         return 130
     finally:
         if not args.repo_url and os.path.exists(archive_path(args)):

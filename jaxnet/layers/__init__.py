@@ -4,12 +4,42 @@ from jaxnet.layers.base import Layer, forward_with_activations, layer_keys, seri
 from jaxnet.layers.conv import Conv2D
 from jaxnet.layers.dense import Dense, augment, dense_activation_jacobians, fold_bias
 from jaxnet.layers.dropout import Dropout, dropout_mask
-from jaxnet.layers.elementwise import Flatten, Identity, LogSoftmax, Relu, Sigmoid, Softmax, Swish, Tanh, elementwise
+from jaxnet.layers.elementwise import (
+    Flatten,
+    Identity,
+    LogSoftmax,
+    Relu,
+    Sigmoid,
+    Softmax,
+    Swish,
+    Tanh,
+    elementwise,
+)
 from jaxnet.layers.pooling import AvgPool, MaxPool, relu_maxpool, relu_maxpool_jacobians
 
 __all__ = [
-    "Layer", "serial", "forward_with_activations", "layer_keys",
-    "Dense", "Conv2D", "MaxPool", "AvgPool", "Flatten", "Dropout",
-    "Sigmoid", "Tanh", "Relu", "Swish", "Identity", "Softmax", "LogSoftmax", "elementwise",
-    "fold_bias", "augment", "dense_activation_jacobians", "relu_maxpool", "relu_maxpool_jacobians", "dropout_mask",
+    "Layer",
+    "serial",
+    "forward_with_activations",
+    "layer_keys",
+    "Dense",
+    "Conv2D",
+    "MaxPool",
+    "AvgPool",
+    "Flatten",
+    "Dropout",
+    "Sigmoid",
+    "Tanh",
+    "Relu",
+    "Swish",
+    "Identity",
+    "Softmax",
+    "LogSoftmax",
+    "elementwise",
+    "fold_bias",
+    "augment",
+    "dense_activation_jacobians",
+    "relu_maxpool",
+    "relu_maxpool_jacobians",
+    "dropout_mask",
 ]

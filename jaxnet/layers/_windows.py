@@ -10,16 +10,22 @@ from jaxnet import shapes
 def normalize_2d(name: str, value) -> tuple[int, int]:
     """An int or a pair of ints as a pair, with an error naming the argument otherwise."""
     pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
+    if len(pair) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair
+    ):
         raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
     return pair
 
 
 def check_nhwc(layer: str, x, channels: int | None = None) -> None:
     if x.ndim != 4:
-        raise ValueError(f"{layer} expects a batch of images (N, H, W, C), got an array of shape {x.shape}")
+        raise ValueError(
+            f"{layer} expects a batch of images (N, H, W, C), got an array of shape {x.shape}"
+        )
     if channels is not None and x.shape[-1] != channels:
-        raise ValueError(f"{layer} was built for {channels} input channels, got input of shape {x.shape}")
+        raise ValueError(
+            f"{layer} was built for {channels} input channels, got input of shape {x.shape}"
+        )
 
 
 def pad_hw(x, pads, value=0.0):
@@ -57,5 +63,7 @@ def selection(n_padded: int, n_out: int, k: int, s: int, dtype):
 def geometry(input_hw, window, strides, padding):
     """(pads, output (H', W')) of a window slid over an input of spatial size input_hw."""
     pads = shapes.padding_pairs(input_hw, window, strides, padding)
-    out = tuple(shapes.output_size(n, k, s, p) for n, k, s, p in zip(input_hw, window, strides, pads))
+    out = tuple(
+        shapes.output_size(n, k, s, p) for n, k, s, p in zip(input_hw, window, strides, pads)
+    )
     return pads, out

@@ -90,7 +90,9 @@ def serial(*layers: Layer) -> Layer:
     flat: list[Layer] = []
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
-            raise TypeError(f"serial() argument {i} is {type(layer).__name__}, expected a jaxnet Layer")
+            raise TypeError(
+                f"serial() argument {i} is {type(layer).__name__}, expected a jaxnet Layer"
+            )
         flat.extend(layer.spec["layers"] if layer.name == "serial" else [layer])
     flat_layers = tuple(flat)
 
@@ -116,7 +118,13 @@ def serial(*layers: Layer) -> Layer:
 
     def _check_params(params):
         if not isinstance(params, (tuple, list)) or len(params) != len(flat_layers):
-            got = f"{type(params).__name__} of length {len(params)}" if isinstance(params, (tuple, list)) else type(params).__name__
-            raise ValueError(f"serial network of {len(flat_layers)} layers needs a params tuple of that length, got {got}")
+            got = (
+                f"{type(params).__name__} of length {len(params)}"
+                if isinstance(params, (tuple, list))
+                else type(params).__name__
+            )
+            raise ValueError(
+                f"serial network of {len(flat_layers)} layers needs a params tuple of that length, got {got}"
+            )
 
     return Layer("serial", init, apply, None, vjp, {"layers": flat_layers})

@@ -24,7 +24,9 @@ def conv_apply(params, x, strides, padding):
     win.check_nhwc("Conv2D", x, W.shape[2])
     pads, _ = win.geometry(x.shape[1:3], W.shape[:2], strides, padding)
     dtype = jnp.result_type(x, W)  # lax.conv needs equal dtypes; promote as a matmul would
-    y = jax.lax.conv_general_dilated(x.astype(dtype), W.astype(dtype), strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.lax.conv_general_dilated(
+        x.astype(dtype), W.astype(dtype), strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return y + b[None, None, None, :]
 
 
@@ -60,8 +62,12 @@ def conv_vjp(params, x, g, strides, padding):
     g_W = []
     for p in range(kh):
         for q in range(kw):
-            g_W.append(jnp.einsum("nijc,nijo->co", win.offset_slice(xpad, p, q, out_hw, strides), g))
-            g_xpad = win.add_at_offset(g_xpad, jnp.einsum("nijo,co->nijc", g, W[p, q]), p, q, out_hw, strides)
+            g_W.append(
+                jnp.einsum("nijc,nijo->co", win.offset_slice(xpad, p, q, out_hw, strides), g)
+            )
+            g_xpad = win.add_at_offset(
+                g_xpad, jnp.einsum("nijo,co->nijc", g, W[p, q]), p, q, out_hw, strides
+            )
     g_W = jnp.stack(g_W).reshape(W.shape)
     return {"W": g_W, "b": jnp.sum(g, axis=(0, 1, 2))}, win.crop_hw(g_xpad, pads, x.shape[1:3])
 
@@ -83,12 +89,17 @@ def Conv2D(
 
     def init(key, input_shape):
         if len(input_shape) != 3:
-            raise ValueError(f"Conv2D expects an image input shape (H, W, C), got {tuple(input_shape)}")
+            raise ValueError(
+                f"Conv2D expects an image input shape (H, W, C), got {tuple(input_shape)}"
+            )
         h, w, c = input_shape
         _, (ho, wo) = win.geometry((h, w), window, strides, padding)
         k_w, k_b = jax.random.split(key)
         dtype = default_float()
-        params = {"W": W_init(k_w, window + (c, out_channels), dtype), "b": b_init(k_b, (out_channels,), dtype)}
+        params = {
+            "W": W_init(k_w, window + (c, out_channels), dtype),
+            "b": b_init(k_b, (out_channels,), dtype),
+        }
         return (ho, wo, out_channels), params
 
     def apply(params, x, *, key=None):

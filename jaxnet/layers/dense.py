@@ -46,7 +46,9 @@ def dense_activation_jacobians(params, x_n, f_prime):
     W, b = params["W"], params["b"]
     d = f_prime(W @ x_n + b)
     eye = jnp.eye(W.shape[0], dtype=W.dtype)
-    return {"W": (eye * d[:, None])[:, :, None] * x_n[None, None, :], "b": eye * d[:, None]}, d[:, None] * W
+    return {"W": (eye * d[:, None])[:, :, None] * x_n[None, None, :], "b": eye * d[:, None]}, d[
+        :, None
+    ] * W
 
 
 def dense_vjp(params, x, g):
@@ -76,7 +78,9 @@ def Dense(out_features: int, W_init=glorot_normal, b_init=jax.nn.initializers.ze
 
     def init(key, input_shape):
         if len(input_shape) != 1:
-            raise ValueError(f"Dense expects a flat input shape (d,), got {tuple(input_shape)}; add Flatten() before it")
+            raise ValueError(
+                f"Dense expects a flat input shape (d,), got {tuple(input_shape)}; add Flatten() before it"
+            )
         k_w, k_b = jax.random.split(key)
         d = input_shape[0]
         dtype = default_float()

@@ -30,9 +30,13 @@ def dropout_mask(key, keep: float, shape):
 def Dropout(rate: float = 0.5, scale_at: str = "train") -> Layer:
     """Drop each unit with probability `rate` when called with a key; see the module doc for `scale_at`."""
     if not 0.0 <= rate < 1.0:
-        raise ValueError(f"Dropout rate is the drop probability and must be in [0, 1), got {rate!r}")
+        raise ValueError(
+            f"Dropout rate is the drop probability and must be in [0, 1), got {rate!r}"
+        )
     if scale_at not in ("train", "test"):
-        raise ValueError(f"Dropout scale_at must be 'train' (inverted dropout) or 'test' (the notes' rule), got {scale_at!r}")
+        raise ValueError(
+            f"Dropout scale_at must be 'train' (inverted dropout) or 'test' (the notes' rule), got {scale_at!r}"
+        )
     keep = 1.0 - rate
 
     def factor(x, key):

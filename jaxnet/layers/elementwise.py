@@ -18,7 +18,9 @@ from jaxnet.layers.base import Layer
 def diagonal_jacobian(values):
     """diag(values) laid out as shape + shape, the Jacobian layout of an entrywise map."""
     size = values.size
-    return (jnp.eye(size, dtype=values.dtype) * values.reshape(1, size)).reshape(values.shape + values.shape)
+    return (jnp.eye(size, dtype=values.dtype) * values.reshape(1, size)).reshape(
+        values.shape + values.shape
+    )
 
 
 def elementwise(name: str, f, f_prime) -> Layer:
@@ -48,13 +50,17 @@ Identity = elementwise("identity", act.identity, act.identity_derivative)
 def Swish(beta: float = 1.0) -> Layer:
     """x = a sigma(beta a), entrywise."""
     return elementwise(
-        "swish", functools.partial(act.swish, beta=beta), functools.partial(act.swish_derivative, beta=beta)
+        "swish",
+        functools.partial(act.swish, beta=beta),
+        functools.partial(act.swish_derivative, beta=beta),
     )
 
 
 def _check_vectors(name, x):
     if x.ndim != 2:
-        raise ValueError(f"{name} expects a batch of vectors (N, e), got shape {x.shape}; add Flatten() before it")
+        raise ValueError(
+            f"{name} expects a batch of vectors (N, e), got shape {x.shape}; add Flatten() before it"
+        )
 
 
 def _softmax_apply(params, x, *, key=None):
@@ -82,12 +88,20 @@ def _same_shape(key, input_shape):
 
 
 Softmax = Layer(
-    "softmax", _same_shape, _softmax_apply, lambda params, x, n, *, key=None: ((), act.softmax_jacobian(x[n])),
-    _softmax_vjp, {},
+    "softmax",
+    _same_shape,
+    _softmax_apply,
+    lambda params, x, n, *, key=None: ((), act.softmax_jacobian(x[n])),
+    _softmax_vjp,
+    {},
 )
 LogSoftmax = Layer(
-    "log_softmax", _same_shape, _log_softmax_apply,
-    lambda params, x, n, *, key=None: ((), act.log_softmax_jacobian(x[n])), _log_softmax_vjp, {},
+    "log_softmax",
+    _same_shape,
+    _log_softmax_apply,
+    lambda params, x, n, *, key=None: ((), act.log_softmax_jacobian(x[n])),
+    _log_softmax_vjp,
+    {},
 )
 
 

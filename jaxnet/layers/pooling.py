@@ -53,7 +53,12 @@ def _max_pool(x, window, strides, padding):
         return jnp.max(tiles, axis=-1)
     pads, _ = win.geometry(x.shape[1:3], window, strides, padding)
     return jax.lax.reduce_window(
-        x, -jnp.inf, jax.lax.max, (1,) + window + (1,), (1,) + strides + (1,), ((0, 0),) + pads + ((0, 0),)
+        x,
+        -jnp.inf,
+        jax.lax.max,
+        (1,) + window + (1,),
+        (1,) + strides + (1,),
+        ((0, 0),) + pads + ((0, 0),),
     )
 
 
@@ -67,7 +72,10 @@ def _max_pool_jvp(window, strides, padding, primals, tangents):
         return y, jnp.sum(winner * _tiles(dx, window, strides, padding), axis=-1)
     arg, pads, out_hw = max_pool_winners(x, window, strides, padding)
     dxpad = win.pad_hw(dx, pads)
-    dy = sum(jnp.where(arg == t, win.offset_slice(dxpad, p, q, out_hw, strides), 0) for t, (p, q) in enumerate(_offsets(window)))
+    dy = sum(
+        jnp.where(arg == t, win.offset_slice(dxpad, p, q, out_hw, strides), 0)
+        for t, (p, q) in enumerate(_offsets(window))
+    )
     return y, dy
 
 
@@ -75,7 +83,9 @@ def max_pool_winners(x, window, strides, padding):
     """For every output (n, i, j, c), the row-major index p k2 + q of the first maximal window entry."""
     pads, out_hw = win.geometry(x.shape[1:3], window, strides, padding)
     xpad = win.pad_hw(x, pads, -jnp.inf)
-    stacked = jnp.stack([win.offset_slice(xpad, p, q, out_hw, strides) for p, q in _offsets(window)], axis=-1)
+    stacked = jnp.stack(
+        [win.offset_slice(xpad, p, q, out_hw, strides) for p, q in _offsets(window)], axis=-1
+    )
     return jnp.argmax(stacked, axis=-1), pads, out_hw  # argmax returns the first maximum
 
 
@@ -109,7 +119,12 @@ def avg_pool_apply(x, window, strides, padding):
     win.check_nhwc("AvgPool", x)
     pads, _ = win.geometry(x.shape[1:3], window, strides, padding)
     summed = jax.lax.reduce_window(
-        x, 0.0, jax.lax.add, (1,) + window + (1,), (1,) + strides + (1,), ((0, 0),) + pads + ((0, 0),)
+        x,
+        0.0,
+        jax.lax.add,
+        (1,) + window + (1,),
+        (1,) + strides + (1,),
+        ((0, 0),) + pads + ((0, 0),),
     )
     return summed / (window[0] * window[1])
 
@@ -139,12 +154,18 @@ def _pool(name, apply_fn, jacobian_fn, vjp_fn, window, strides, padding) -> Laye
     window = win.normalize_2d(f"{name} window", window)
     strides = window if strides is None else win.normalize_2d(f"{name} strides", strides)
     pads = win.geometry(window, window, strides, padding)[0]
-    if not isinstance(padding, str) and any(lo >= k or hi >= k for (lo, hi), k in zip(pads, window)):
-        raise ValueError(f"{name} padding {padding!r} must be smaller than the window {window} on each side")
+    if not isinstance(padding, str) and any(
+        lo >= k or hi >= k for (lo, hi), k in zip(pads, window)
+    ):
+        raise ValueError(
+            f"{name} padding {padding!r} must be smaller than the window {window} on each side"
+        )
 
     def init(key, input_shape):
         if len(input_shape) != 3:
-            raise ValueError(f"{name} expects an image input shape (H, W, C), got {tuple(input_shape)}")
+            raise ValueError(
+                f"{name} expects an image input shape (H, W, C), got {tuple(input_shape)}"
+            )
         _, out_hw = win.geometry(tuple(input_shape[:2]), window, strides, padding)
         return out_hw + (input_shape[2],), ()
 
@@ -158,17 +179,28 @@ def _pool(name, apply_fn, jacobian_fn, vjp_fn, window, strides, padding) -> Laye
         return (), vjp_fn(x, g, window, strides, padding)
 
     kind = name.lower().replace("pool", "_pool")
-    return Layer(kind, init, apply, jacobians, vjp, {"window": window, "strides": strides, "padding": padding})
+    return Layer(
+        kind,
+        init,
+        apply,
+        jacobians,
+        vjp,
+        {"window": window, "strides": strides, "padding": padding},
+    )
 
 
 def MaxPool(window, strides=None, padding="valid") -> Layer:
     """Max-pooling over `window` with `strides` (default: the window, i.e. non-overlapping); ties as in the module doc."""
-    return _pool("MaxPool", max_pool_apply, max_pool_jacobian, max_pool_vjp, window, strides, padding)
+    return _pool(
+        "MaxPool", max_pool_apply, max_pool_jacobian, max_pool_vjp, window, strides, padding
+    )
 
 
 def AvgPool(window, strides=None, padding="valid") -> Layer:
     """Average-pooling over `window` with `strides` (default: the window)."""
-    return _pool("AvgPool", avg_pool_apply, avg_pool_jacobian, avg_pool_vjp, window, strides, padding)
+    return _pool(
+        "AvgPool", avg_pool_apply, avg_pool_jacobian, avg_pool_vjp, window, strides, padding
+    )
 
 
 def relu_maxpool(params, x_n, windows):

@@ -15,7 +15,9 @@ class Checkpoints:
     def __init__(self, directory: str, keep: int):
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "best", "record"))
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "best", "record")
+        )
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -25,7 +27,9 @@ class Checkpoints:
         if self.manager.latest_step() == step:
             return
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best_params), record=ocp.args.JsonSave(record)
+            state=ocp.args.StandardSave(state),
+            best=ocp.args.StandardSave(best_params),
+            record=ocp.args.JsonSave(record),
         )
         self.manager.save(step, args=args)
         self.manager.wait_until_finished()
@@ -34,7 +38,9 @@ class Checkpoints:
         """(state, best params, record) of `step` (default: the latest), shaped like the given templates."""
         step = self.manager.latest_step() if step is None else step
         args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(state_like), best=ocp.args.StandardRestore(best_like), record=ocp.args.JsonRestore()
+            state=ocp.args.StandardRestore(state_like),
+            best=ocp.args.StandardRestore(best_like),
+            record=ocp.args.JsonRestore(),
         )
         restored = self.manager.restore(step, args=args)
         return restored.state, restored.best, restored.record

@@ -77,10 +77,14 @@ def validate(config, reference) -> None:
             bound = f"[{low}, {high})" if inclusive else f"({low}, {high})"
             raise ConfigError(f"config.{key}={value!r} is out of range {bound}")
     compatible = {"cross_entropy": ("none", "softmax"), "binary_cross_entropy": ("none", "sigmoid")}
-    if config.model.output_activation not in compatible.get(config.loss, CHOICES["model.output_activation"]):
+    if config.model.output_activation not in compatible.get(
+        config.loss, CHOICES["model.output_activation"]
+    ):
         raise ConfigError(
             f"config.loss={config.loss!r} needs config.model.output_activation in {compatible[config.loss]}, "
             f"got {config.model.output_activation!r}"
         )
     if config.batch_size == 0:
-        raise ConfigError("config.batch_size=0 is not allowed: use 1 for online learning, N for mini-batches, -1 for the full batch")
+        raise ConfigError(
+            "config.batch_size=0 is not allowed: use 1 for online learning, N for mini-batches, -1 for the full batch"
+        )

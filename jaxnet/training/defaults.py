@@ -9,7 +9,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "fashion_mnist"  # mnist | fashion_mnist | cifar10 | digits | synthetic
-    c.dataset.data_dir = ""  # a prepared TFDS data dir or a directory of IDX files; "" = the defaults
+    c.dataset.data_dir = (
+        ""  # a prepared TFDS data dir or a directory of IDX files; "" = the defaults
+    )
     c.dataset.validation_size = 0.1  # held out of the training split: a fraction < 1, or a count
 
     c.model = ml_collections.ConfigDict()
@@ -43,21 +45,27 @@ def base_config() -> ml_collections.ConfigDict:
     c.schedule.warmup_epochs = 0  # cosine: linear warm-up
     c.schedule.step_epochs = 10  # step: multiply by step_factor every step_epochs
     c.schedule.step_factor = 0.1
-    c.schedule.plateau_patience = 2  # plateau: divide by 10 after this many epochs without validation progress
+    c.schedule.plateau_patience = (
+        2  # plateau: divide by 10 after this many epochs without validation progress
+    )
     c.schedule.plateau_factor = 0.1
 
     c.batch_size = 128  # 1 = online learning; -1 = the full training set
     c.epochs = 10
 
     c.early_stopping = ml_collections.ConfigDict()
-    c.early_stopping.patience = 0  # epochs without a better validation zero-one error; 0 = never stop early
+    c.early_stopping.patience = (
+        0  # epochs without a better validation zero-one error; 0 = never stop early
+    )
 
     c.devices = ml_collections.ConfigDict()
     c.devices.strategy = "sharding"  # single | pmap | sharding (jit with NamedSharding over a mesh)
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.keep = 3  # checkpoints kept in WORKDIR/checkpoints
-    c.checkpoint.every_chunks = 0  # also save every N step chunks within an epoch; 0 = at epoch ends only
+    c.checkpoint.every_chunks = (
+        0  # also save every N step chunks within an epoch; 0 = at epoch ends only
+    )
 
     c.steps_per_chunk = 10  # compiled steps per dispatch and progress update (unrolled on CPU: compile time grows with it)
     return c

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxnet.training.objective import predictions
 
@@ -36,7 +37,9 @@ class EpochPlan(NamedTuple):
     steps: int  # real steps in the epoch
 
 
-def epoch_plan(num_examples: int, batch_size: int, steps_per_chunk: int, seed: int, epoch: int) -> EpochPlan:
+def epoch_plan(
+    num_examples: int, batch_size: int, steps_per_chunk: int, seed: int, epoch: int
+) -> EpochPlan:
     """The shuffled, padded batches of one epoch; the order depends only on (seed, epoch)."""
     batch = num_examples if batch_size == -1 else batch_size
     order = np.random.default_rng([seed, epoch]).permutation(num_examples)
@@ -75,7 +78,9 @@ def make_chunk_fn(model, loss_fn, optimizer, axis_name: str | None = None, fed: 
         if axis_name is not None:  # each device holds part of the sum: add them
             value, grads = jax.lax.psum((value, grads), axis_name)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        new = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state, state.key)
+        new = TrainState(
+            state.step + 1, optax.apply_updates(state.params, updates), opt_state, state.key
+        )
         keep = total > 0
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
         return new, jnp.where(keep, value, jnp.nan)
@@ -93,9 +98,11 @@ def make_chunk_fn(model, loss_fn, optimizer, axis_name: str | None = None, fed: 
         return state, jnp.stack(risks)
 
     if fed:
+
         def chunk(state, xs, ys, weights):
             return scan(lambda s, b: step_on(s, *b), state, (xs, ys, weights), weights.shape[0])
     else:
+
         def chunk(state, images, labels, indices, weights):
             step = lambda s, b: step_on(s, images[b[0]], labels[b[0]], b[1])  # noqa: E731
             return scan(step, state, (indices, weights), indices.shape[0])
@@ -132,8 +139,11 @@ class Runner:
         elif strategy == "pmap":
             arity = 4 if self.multi_process else 5
             self._chunk = jax.pmap(
-                chunk(axis_name="data"), axis_name="data", in_axes=(0,) * arity,
-                devices=None if self.multi_process else self.devices, donate_argnums=0,
+                chunk(axis_name="data"),
+                axis_name="data",
+                in_axes=(0,) * arity,
+                devices=None if self.multi_process else self.devices,
+                donate_argnums=0,
             )
         elif strategy == "sharding":
             self.mesh = Mesh(np.array(self.devices), ("data",))
@@ -141,10 +151,21 @@ class Runner:
             by_batch = NamedSharding(self.mesh, P(None, "data"))
             self._replicated, self._by_batch = replicated, by_batch
             # fed: (state, xs, ys, weights), all split by batch; else (state, images, labels, indices, weights)
-            data = (by_batch,) * 3 if self.multi_process else (replicated, replicated, by_batch, by_batch)
-            self._chunk = jax.jit(chunk(), in_shardings=(replicated, *data), out_shardings=(replicated, replicated), donate_argnums=0)
+            data = (
+                (by_batch,) * 3
+                if self.multi_process
+                else (replicated, replicated, by_batch, by_batch)
+            )
+            self._chunk = jax.jit(
+                chunk(),
+                in_shardings=(replicated, *data),
+                out_shardings=(replicated, replicated),
+                donate_argnums=0,
+            )
         else:
-            raise ValueError(f"devices.strategy must be 'single', 'pmap' or 'sharding', got {strategy!r}")
+            raise ValueError(
+                f"devices.strategy must be 'single', 'pmap' or 'sharding', got {strategy!r}"
+            )
 
     @property
     def num_devices(self) -> int:
@@ -166,26 +187,43 @@ class Runner:
             return tuple(np.asarray(a) for a in arrays)
         if self.strategy == "sharding":
             return tuple(jax.device_put(a, self._replicated) for a in arrays)
-        if self.strategy == "pmap":  # one copy per device, made once: an unmapped argument would be copied every call
+        if (
+            self.strategy == "pmap"
+        ):  # one copy per device, made once: an unmapped argument would be copied every call
             replicate = jax.pmap(lambda a: a, devices=self.devices)
-            return tuple(replicate(np.broadcast_to(a, (self.num_devices,) + a.shape)) for a in arrays)
+            return tuple(
+                replicate(np.broadcast_to(a, (self.num_devices,) + a.shape)) for a in arrays
+            )
         return tuple(jax.device_put(a, self.devices[0]) for a in arrays)
 
     def put_state(self, state: TrainState):
-        if self.strategy == "pmap":  # one copy per local device along a leading axis; pmap places them
+        if (
+            self.strategy == "pmap"
+        ):  # one copy per local device along a leading axis; pmap places them
             local = jax.local_device_count() if self.multi_process else self.num_devices
-            return jax.tree_util.tree_map(lambda a: np.broadcast_to(np.asarray(a), (local,) + np.shape(a)), state)
-        if self.strategy == "sharding" and self.multi_process:  # every host holds the same state: it supplies all of it
-            return jax.tree_util.tree_map(lambda a: jax.make_array_from_process_local_data(self._replicated, np.asarray(a)), state)
+            return jax.tree_util.tree_map(
+                lambda a: np.broadcast_to(np.asarray(a), (local,) + np.shape(a)), state
+            )
+        if (
+            self.strategy == "sharding" and self.multi_process
+        ):  # every host holds the same state: it supplies all of it
+            return jax.tree_util.tree_map(
+                lambda a: jax.make_array_from_process_local_data(self._replicated, np.asarray(a)),
+                state,
+            )
         if self.strategy == "sharding":
             return jax.device_put(state, self._replicated)
         return jax.device_put(state, self.devices[0])
 
     def host_state(self, state) -> TrainState:
         """One copy of the state, as it is on this host's first device (in host memory, for a multi-host job)."""
-        if self.multi_process:  # orbax saves host arrays from process 0 only; other hosts' devices are out of reach
+        if (
+            self.multi_process
+        ):  # orbax saves host arrays from process 0 only; other hosts' devices are out of reach
             per_device = self.strategy == "pmap"
-            return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)).reshape(a.shape[per_device:]), state)
+            return jax.tree_util.tree_map(
+                lambda a: np.asarray(a.addressable_data(0)).reshape(a.shape[per_device:]), state
+            )
         if self.strategy == "pmap":
             return jax.tree_util.tree_map(lambda a: a[0], state)
         return state
@@ -224,7 +262,12 @@ def make_evaluate(model, loss_fn, num_classes: int, batch_size: int = 1000):
         logits = model.apply(params, x)
         loss = jnp.sum(loss_fn(logits, y) * w)
         pred = predictions(logits)
-        confusion = jnp.einsum("n,ni,nj->ij", w, jax.nn.one_hot(y, num_classes, dtype=w.dtype), jax.nn.one_hot(pred, num_classes, dtype=w.dtype))
+        confusion = jnp.einsum(
+            "n,ni,nj->ij",
+            w,
+            jax.nn.one_hot(y, num_classes, dtype=w.dtype),
+            jax.nn.one_hot(pred, num_classes, dtype=w.dtype),
+        )
         return loss, confusion
 
     def evaluate(params, images, labels):

@@ -19,7 +19,9 @@ def learning_rate_schedule(config, steps_per_epoch: int):
     if s.name in ("constant", "plateau"):
         return lr
     if s.name == "step":
-        return optax.exponential_decay(lr, s.step_epochs * steps_per_epoch, s.step_factor, staircase=True)
+        return optax.exponential_decay(
+            lr, s.step_epochs * steps_per_epoch, s.step_factor, staircase=True
+        )
     total = config.epochs * steps_per_epoch
     if s.warmup_epochs == 0:
         return optax.cosine_decay_schedule(lr, total)
@@ -53,4 +55,6 @@ def build_optimizer(config, steps_per_epoch: int, params) -> optax.GradientTrans
         mu = lambda t: optim.sutskever_momentum(t, o.mu_max)  # noqa: E731
     else:
         mu = o.momentum
-    return optax.inject_hyperparams(make)(learning_rate=learning_rate_schedule(config, steps_per_epoch), momentum=mu)
+    return optax.inject_hyperparams(make)(
+        learning_rate=learning_rate_schedule(config, steps_per_epoch), momentum=mu
+    )

@@ -8,8 +8,15 @@ import os
 import sys
 import time
 
-COLUMNS = (("epoch", "{:>5}"), ("train risk", "{:>10.4f}"), ("val loss", "{:>9.4f}"), ("val error", "{:>9.2%}"),
-           ("lr", "{:>9.3g}"), ("momentum", "{:>8.3g}"), ("seconds", "{:>7.1f}"))
+COLUMNS = (
+    ("epoch", "{:>5}"),
+    ("train risk", "{:>10.4f}"),
+    ("val loss", "{:>9.4f}"),
+    ("val error", "{:>9.2%}"),
+    ("lr", "{:>9.3g}"),
+    ("momentum", "{:>8.3g}"),
+    ("seconds", "{:>7.1f}"),
+)
 
 
 class Report:
@@ -38,7 +45,13 @@ class Report:
         if self.progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=examples, desc=f"epoch {epoch}/{epochs}", unit="ex", leave=False, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=examples,
+                desc=f"epoch {epoch}/{epochs}",
+                unit="ex",
+                leave=False,
+                dynamic_ncols=True,
+            )
 
     def advance(self, examples: int, running_risk: float) -> None:
         self._seen += examples
@@ -50,8 +63,21 @@ class Report:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        values = (row["epoch"], row["train_risk"], row["val_loss"], row["val_error"], row["learning_rate"], row["momentum"], row["seconds"])
-        line = "  ".join(fmt.format(v) if not (isinstance(v, float) and math.isnan(v)) else "n/a".rjust(len(name)) for (name, fmt), v in zip(COLUMNS, values))
+        values = (
+            row["epoch"],
+            row["train_risk"],
+            row["val_loss"],
+            row["val_error"],
+            row["learning_rate"],
+            row["momentum"],
+            row["seconds"],
+        )
+        line = "  ".join(
+            fmt.format(v)
+            if not (isinstance(v, float) and math.isnan(v))
+            else "n/a".rjust(len(name))
+            for (name, fmt), v in zip(COLUMNS, values)
+        )
         if row["epoch"] == 1 and self.compile_seconds is not None:
             line += f"   (first chunk incl. compilation: {self.compile_seconds:.1f} s)"
         self.log(line)

@@ -62,10 +62,14 @@ def _load_data(config, log):
 
     d = config.dataset
     size = d.validation_size
-    if size >= 1 and float(size).is_integer():  # ml_collections keeps the field's float type: 5000 arrives as 5000.0
+    if (
+        size >= 1 and float(size).is_integer()
+    ):  # ml_collections keeps the field's float type: 5000 arrives as 5000.0
         size = int(size)
     try:
-        return load_dataset(d.name, data_dir=d.data_dir or None, validation_size=size, seed=config.seed, log=log)
+        return load_dataset(
+            d.name, data_dir=d.data_dir or None, validation_size=size, seed=config.seed, log=log
+        )
     except ValueError as error:
         if str(error).startswith("validation_size"):  # say which config key it is
             raise config_lib.ConfigError(f"config.dataset.{error}") from None
@@ -81,9 +85,13 @@ def setup(config, log=print, dataset=None):
     n = len(dataset.train.labels)
     batch = n if config.batch_size == -1 else config.batch_size
     if batch > n:
-        raise config_lib.ConfigError(f"config.batch_size={batch} exceeds the {n} training examples; use -1 for the full batch")
+        raise config_lib.ConfigError(
+            f"config.batch_size={batch} exceeds the {n} training examples; use -1 for the full batch"
+        )
     steps_per_epoch = -(-n // batch)
-    abstract_params = jax.eval_shape(lambda key: model.init(key, dataset.input_shape)[1], jax.random.PRNGKey(0))
+    abstract_params = jax.eval_shape(
+        lambda key: model.init(key, dataset.input_shape)[1], jax.random.PRNGKey(0)
+    )
     optimizer = build_optimizer(config, steps_per_epoch, abstract_params)
     state = initial_state(model, optimizer, config.seed, dataset.input_shape)
     return dataset, model, loss_fn, optimizer, state
@@ -110,12 +118,16 @@ def initial_state(model, optimizer, seed: int, input_shape) -> TrainState:
 def _stop(received, host_state, report, checkpoints):
     report.close()
     checkpoints.close()
-    raise Interrupted(f"signal {received[0]}: saved at step {int(host_state.step)}; run the same command to resume")
+    raise Interrupted(
+        f"signal {received[0]}: saved at step {int(host_state.step)}; run the same command to resume"
+    )
 
 
 def _copy(tree):
     # numpy stays numpy: a multi-host run checkpoints host arrays, which orbax writes once from process 0
-    return jax.tree_util.tree_map(lambda a: np.array(a) if isinstance(a, np.ndarray) else jnp.array(a, copy=True), tree)
+    return jax.tree_util.tree_map(
+        lambda a: np.array(a) if isinstance(a, np.ndarray) else jnp.array(a, copy=True), tree
+    )
 
 
 def _hyperparams(state, optimizer_config) -> tuple[float, float]:
@@ -131,10 +143,14 @@ def _set_learning_rate(state, value):
     return state._replace(opt_state=state.opt_state._replace(hyperparams=hp))
 
 
-def train_and_evaluate(config, workdir: str, *, log=print, dataset=None, devices=None, progress: bool = True) -> dict:
+def train_and_evaluate(
+    config, workdir: str, *, log=print, dataset=None, devices=None, progress: bool = True
+) -> dict:
     """Train config in workdir (resuming if it holds checkpoints); returns the summary also written to summary.json."""
     os.makedirs(workdir, exist_ok=True)
-    primary = jax.process_index() == 0  # in a multi-host job the hosts share the workdir; one writes the reports
+    primary = (
+        jax.process_index() == 0
+    )  # in a multi-host job the hosts share the workdir; one writes the reports
     if not primary:
         log = lambda *args, **kwargs: None  # noqa: E731
     dataset, model, loss_fn, optimizer, state = setup(config, log, dataset)
@@ -147,11 +163,21 @@ def train_and_evaluate(config, workdir: str, *, log=print, dataset=None, devices
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
     report = Report(workdir, progress=progress and primary, log=log, write_files=primary)
 
-    record = {"epoch": 0, "step_in_epoch": 0, "best_error": None, "best_epoch": None, "bad_epochs": 0, "history": [], "stopped": None}
+    record = {
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "best_error": None,
+        "best_epoch": None,
+        "bad_epochs": 0,
+        "history": [],
+        "stopped": None,
+    }
     best_params = _copy(state.params)
     if checkpoints.latest_step() is not None:
         state, best_params, record = checkpoints.restore(state, best_params)
-        log(f"resuming from {checkpoints.directory} at step {int(state.step)} (epoch {record['epoch'] + 1}, step {record['step_in_epoch']} of it)")
+        log(
+            f"resuming from {checkpoints.directory} at step {int(state.step)} (epoch {record['epoch'] + 1}, step {record['step_in_epoch']} of it)"
+        )
     elif primary:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -183,9 +209,13 @@ def train_and_evaluate(config, workdir: str, *, log=print, dataset=None, devices
             started, risks = time.perf_counter(), []
             for c in range(first_chunk, plan.indices.shape[0]):
                 tic = time.perf_counter()
-                device_state, chunk_risks = runner.run_chunk(device_state, images, labels, plan.indices[c], plan.weights[c])
+                device_state, chunk_risks = runner.run_chunk(
+                    device_state, images, labels, plan.indices[c], plan.weights[c]
+                )
                 real = min(chunk_steps, plan.steps - c * chunk_steps)
-                chunk_risks = np.asarray(chunk_risks)[:real]  # waiting here also keeps fake devices in step
+                chunk_risks = np.asarray(chunk_risks)[
+                    :real
+                ]  # waiting here also keeps fake devices in step
                 if epoch == record["epoch"] and c == first_chunk:
                     report.compile_seconds = time.perf_counter() - tic
                 if not np.all(np.isfinite(chunk_risks)):
@@ -200,9 +230,14 @@ def train_and_evaluate(config, workdir: str, *, log=print, dataset=None, devices
                 risks.extend(chunk_risks.tolist())
                 report.advance(int(plan.weights[c, :real].sum()), float(np.mean(chunk_risks)))
                 every = config.checkpoint.every_chunks
-                last_chunk = c + 1 == plan.indices.shape[0]  # a signal here waits for the epoch's own save
+                last_chunk = (
+                    c + 1 == plan.indices.shape[0]
+                )  # a signal here waits for the epoch's own save
                 if not last_chunk and (received or (every and (c + 1) % every == 0)):
-                    save(runner.host_state(device_state), {**record, "epoch": epoch, "step_in_epoch": (c + 1) * chunk_steps})
+                    save(
+                        runner.host_state(device_state),
+                        {**record, "epoch": epoch, "step_in_epoch": (c + 1) * chunk_steps},
+                    )
                 if received and not last_chunk:
                     _stop(received, runner.host_state(device_state), report, checkpoints)
 
@@ -210,21 +245,40 @@ def train_and_evaluate(config, workdir: str, *, log=print, dataset=None, devices
             val_loss, val_error, _ = evaluate(host.params, val.images, val.labels)
             lr, mu = _hyperparams(host, config.optimizer)
             row = {
-                "epoch": epoch + 1, "step": int(host.step), "train_risk": float(np.mean(risks)) if risks else float("nan"),
-                "val_loss": val_loss, "val_error": val_error, "learning_rate": lr, "momentum": mu,
+                "epoch": epoch + 1,
+                "step": int(host.step),
+                "train_risk": float(np.mean(risks)) if risks else float("nan"),
+                "val_loss": val_loss,
+                "val_error": val_error,
+                "learning_rate": lr,
+                "momentum": mu,
                 "seconds": time.perf_counter() - started,
             }
             record["history"].append(row)
-            improved = record["best_error"] is None or (np.isfinite(val_error) and val_error < record["best_error"])
+            improved = record["best_error"] is None or (
+                np.isfinite(val_error) and val_error < record["best_error"]
+            )
             if improved:
-                record["best_error"], record["best_epoch"], record["bad_epochs"] = val_error, epoch + 1, 0
-                best_params = _copy(host.params)  # its own buffers: the running state's are donated each chunk
+                record["best_error"], record["best_epoch"], record["bad_epochs"] = (
+                    val_error,
+                    epoch + 1,
+                    0,
+                )
+                best_params = _copy(
+                    host.params
+                )  # its own buffers: the running state's are donated each chunk
             else:
                 record["bad_epochs"] += 1
             patience = config.early_stopping.patience
             if patience and record["bad_epochs"] >= patience:
-                record["stopped"] = f"early termination: no better validation error for {patience} epochs"
-            if config.schedule.name == "plateau" and record["bad_epochs"] and record["bad_epochs"] % config.schedule.plateau_patience == 0:
+                record["stopped"] = (
+                    f"early termination: no better validation error for {patience} epochs"
+                )
+            if (
+                config.schedule.name == "plateau"
+                and record["bad_epochs"]
+                and record["bad_epochs"] % config.schedule.plateau_patience == 0
+            ):
                 host = _set_learning_rate(host, lr * config.schedule.plateau_factor)
                 device_state = runner.put_state(host)
             report.end_epoch(row)
@@ -234,13 +288,24 @@ def train_and_evaluate(config, workdir: str, *, log=print, dataset=None, devices
             if received and epoch < config.epochs and record["stopped"] is None:
                 _stop(received, host, report, checkpoints)
 
-    test_loss, test_error, confusion = evaluate(best_params, dataset.test.images, dataset.test.labels)
+    test_loss, test_error, confusion = evaluate(
+        best_params, dataset.test.images, dataset.test.labels
+    )
     summary = {
-        "dataset": dataset.name, "source": dataset.source, "model": config.model.kind,
-        "parameters": shapes.param_count(best_params), "devices": f"{config.devices.strategy} x{runner.num_devices}",
-        "epochs_run": len(record["history"]), "best_epoch": record["best_epoch"], "best_val_error": record["best_error"],
-        "stopped": record["stopped"] or "completed all epochs", "test_loss": test_loss, "test_accuracy": 1.0 - test_error,
-        "test_error": test_error, "confusion_matrix": confusion.tolist(), "compile_seconds": report.compile_seconds,
+        "dataset": dataset.name,
+        "source": dataset.source,
+        "model": config.model.kind,
+        "parameters": shapes.param_count(best_params),
+        "devices": f"{config.devices.strategy} x{runner.num_devices}",
+        "epochs_run": len(record["history"]),
+        "best_epoch": record["best_epoch"],
+        "best_val_error": record["best_error"],
+        "stopped": record["stopped"] or "completed all epochs",
+        "test_loss": test_loss,
+        "test_accuracy": 1.0 - test_error,
+        "test_error": test_error,
+        "confusion_matrix": confusion.tolist(),
+        "compile_seconds": report.compile_seconds,
         "train_seconds": float(sum(r["seconds"] for r in record["history"])),
     }
     report.finish(summary, record["history"])
@@ -253,13 +318,27 @@ def evaluate_workdir(config, workdir: str, *, log=print, dataset=None) -> dict:
     dataset, model, loss_fn, _, state = setup(config, log, dataset)
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
     if checkpoints.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}: train first with the same --workdir")
+        raise FileNotFoundError(
+            f"no checkpoint in {checkpoints.directory}: train first with the same --workdir"
+        )
     _, best, record = checkpoints.restore(state, state.params)
     checkpoints.close()
-    loss, error, confusion = make_evaluate(model, loss_fn, dataset.num_classes)(best, dataset.test.images, dataset.test.labels)
-    result = {"best_epoch": record["best_epoch"], "test_loss": loss, "test_accuracy": 1 - error, "confusion_matrix": confusion.tolist()}
+    loss, error, confusion = make_evaluate(model, loss_fn, dataset.num_classes)(
+        best, dataset.test.images, dataset.test.labels
+    )
+    result = {
+        "best_epoch": record["best_epoch"],
+        "test_loss": loss,
+        "test_accuracy": 1 - error,
+        "confusion_matrix": confusion.tolist(),
+    }
     with open(os.path.join(workdir, "evaluation.json"), "w") as f:
         json.dump(result, f, indent=2)
-    log(f"test accuracy {100 * (1 - error):.2f}% (loss {loss:.4f}) with the parameters of epoch {record['best_epoch']}")
-    log("confusion matrix (rows: true class, columns: predicted):\n" + "\n".join(" ".join(f"{v:5d}" for v in row) for row in confusion))
+    log(
+        f"test accuracy {100 * (1 - error):.2f}% (loss {loss:.4f}) with the parameters of epoch {record['best_epoch']}"
+    )
+    log(
+        "confusion matrix (rows: true class, columns: predicted):\n"
+        + "\n".join(" ".join(f"{v:5d}" for v in row) for row in confusion)
+    )
     return result
