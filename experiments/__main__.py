@@ -1,4 +1,7 @@
-"""Run experiments by name: `python -m experiments slowdown softmax_exercise --out results/`, or `all`."""
+"""Run experiments by name, or `all`.
+
+For example `python -m experiments slowdown softmax_exercise --out results/`.
+"""
 
 from __future__ import annotations
 
@@ -31,25 +34,21 @@ def main(argv=None) -> dict:
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         parser.error(
-            f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(EXPERIMENTS)} or all"
+            f"unknown experiment(s) {', '.join(unknown)}; "
+            f"choose from {', '.join(EXPERIMENTS)} or all"
         )
     os.makedirs(args.out, exist_ok=True)
     results = {}
     for name in names:
         tic = time.perf_counter()
         results[name] = importlib.import_module(EXPERIMENTS[name]).run(args.out, quick=args.quick)
-        with open(
-            os.path.join(args.out, f"{name}.md")
-        ) as f:  # the tables, beside the notes' numbers
-            print(
-                "\n".join(
-                    line for line in f.read().splitlines() if not line.startswith("![")
-                ).strip()
-                + "\n",
-                flush=True,
-            )
+        # the tables, beside the notes' numbers
+        with open(os.path.join(args.out, f"{name}.md")) as f:
+            lines = [line for line in f.read().splitlines() if not line.startswith("![")]
+        print("\n".join(lines).strip() + "\n", flush=True)
         print(
-            f"{name}: {time.perf_counter() - tic:.1f} s -> {os.path.join(args.out, name)}.{{md,json,png}}",
+            f"{name}: {time.perf_counter() - tic:.1f} s -> "
+            f"{os.path.join(args.out, name)}.{{md,json,png}}",
             file=sys.stderr,
         )
     return results

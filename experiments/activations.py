@@ -19,7 +19,7 @@ from experiments import report
 from jaxnet import activations as A
 from jaxnet.data import load_dataset
 from jaxnet.models import build_model
-from jaxnet.training.objective import per_sample_loss
+from jaxnet.training.build import per_sample_loss
 
 FUNCTIONS = {
     "sigmoid": (A.sigmoid, A.sigmoid_derivative),
@@ -45,7 +45,10 @@ def deep_mlp(activation: str):
 
 
 def gradient_norms(activation: str, images, labels, seed: int = 0) -> np.ndarray:
-    """||dR/dW|| of each Dense layer (input side first) at initialisation, R the batch's mean cross-entropy."""
+    """||dR/dW|| of each Dense layer (input side first) at initialisation.
+
+    R is the batch's mean cross-entropy.
+    """
     model = deep_mlp(activation)
     _, params = model.init(jax.random.PRNGKey(seed), images.shape[1:])
     loss = per_sample_loss("cross_entropy", "softmax", 10)

@@ -1,9 +1,11 @@
-"""Experiment 9, CNN arithmetic (notes 002, Sec. 3): the receptive field of Figure 3 and the 224x224x3 layer.
+"""Experiment 9, CNN arithmetic (notes 002, Sec. 3).
+
+The receptive field of Figure 3 and the 224x224x3 layer.
 
 Every number is computed twice: by the formulas in `jaxnet.shapes`, and from a real forward pass
 (output shapes) or from `jax.grad` (which input pixels one output depends on).
-- Figure 3: a convolution with k1 = 5 and stride s = 2, then one with k2 = 5: r = (k2 - 1) s + k1 = 13
-  in one dimension, 13^2 = 169 pixels.
+- Figure 3: a convolution with k1 = 5 and stride s = 2, then one with k2 = 5:
+  r = (k2 - 1) s + k1 = 13 in one dimension, 13^2 = 169 pixels.
 - The first layer of [4]: 96 kernels of 11x11x3 at stride 4 on a 224x224x3 image: 96 (3 11^2 + 1) =
   34,944 parameters against more than 725 billion for a fully connected layer to 96 maps of
   224x224; 55x55x96 maps (with 2 pixels of padding, one way to match the paper), and 27x27x96 after
@@ -26,7 +28,10 @@ ONES = jax.nn.initializers.ones
 
 
 def gradient_footprint(network, input_shape):
-    """Which input pixels the centre output of channel 0 depends on: the nonzero pattern of its gradient."""
+    """Which input pixels the centre output of channel 0 depends on.
+
+    The nonzero pattern of its gradient.
+    """
     _, params = network.init(jax.random.PRNGKey(0), input_shape)
     x = jnp.ones((1, *input_shape), jnp.float32)
     out = network.apply(params, x)

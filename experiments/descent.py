@@ -1,4 +1,7 @@
-"""Full-batch training for the small experiments: `steps` optimizer updates of risk(params, *data) as one lax.scan."""
+"""Full-batch training for the small experiments.
+
+`steps` optimizer updates of risk(params, *data) as one lax.scan.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ import optax
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def descend(risk, optimizer, steps: int, params, state, *data):
-    """(params, optimizer state) after `steps` updates; risk and optimizer are static, so reuse them to reuse the compile."""
+    """(params, optimizer state) after `steps` updates.
+
+    risk and optimizer are static arguments, so reusing them reuses the compiled function.
+    """
 
     def step(carry, _):
         params, state = carry

@@ -1,4 +1,6 @@
-"""Experiment 10, hidden-unit geometry (notes 004's learning outcome): what a 2-unit hidden layer does.
+"""Experiment 10, hidden-unit geometry: what a 2-unit hidden layer does.
+
+Notes 004's learning outcome.
 
 Noisy XOR: four clusters at (+-1, +-1), class 1 where the signs differ. No line separates the
 classes in the input plane. A 2-2-1 network (tanh hidden units, a sigmoid output trained with the
@@ -7,7 +9,8 @@ unit's line w . h + b = 0. The hidden activations are plotted as training procee
 
 XOR with two hidden units has local minima: from some initial weights the hidden layer maps two
 clusters of different classes onto the same point and no line can part them. Several seeds are
-trained; the first that separates XOR is shown step by step, and the first that does not beside it.
+trained; the first that separates XOR is shown step by step, and the first that does not beside
+it.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Experiment 4: loss and information curves (notes 000, Figure 2 and Figure 5; slides 003).
 
-- The two-class cross-entropy l(y, p) = -y log p - (1 - y) log(1 - p) for y = 1 and y = 0 (Figure 2):
-  mirror images, l(1, p) = l(0, 1 - p), meeting at p = 1/2 where l = 1 bit.
-- The entropy H(q) = -q log2 q - (1 - q) log2(1 - q) (Figure 5): 0 at q = 0 and 1, 1 bit at q = 1/2.
-- The gradients through a sigmoid a = sigma(z) with target y = 0: the quadratic cost's (a - y) sigma'(z)
-  vanishes as the unit saturates, the cross-entropy's a - y does not (the cause of experiment 1).
+- The two-class cross-entropy l(y, p) = -y log p - (1 - y) log(1 - p) for y = 1 and y = 0
+  (Figure 2): mirror images, l(1, p) = l(0, 1 - p), meeting at p = 1/2 where l = 1 bit.
+- The entropy H(q) = -q log2 q - (1 - q) log2(1 - q) (Figure 5): 0 at q = 0 and 1, 1 bit at
+  q = 1/2.
+- The gradients through a sigmoid a = sigma(z) with target y = 0: the quadratic cost's
+  (a - y) sigma'(z) vanishes as the unit saturates, the cross-entropy's a - y does not (the cause
+  of experiment 1).
 """
 
 from __future__ import annotations

@@ -59,9 +59,8 @@ def train_curve(optimizer, model, params, images, labels, order):
         return optax.apply_updates(params, updates), state, risk
 
     risks = []
-    for t, idx in enumerate(
-        order
-    ):  # a Python loop: XLA:CPU runs convolutions inside while loops far slower
+    # a Python loop: XLA:CPU runs convolutions inside while loops far slower
+    for idx in order:
         params, state, risk = step(params, state, images[idx], labels[idx])
         risks.append(risk)
     return np.asarray(jnp.stack(risks)), params

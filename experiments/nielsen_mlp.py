@@ -1,6 +1,7 @@
-"""Experiment 7, the slides' MNIST MLP (003): 784-30-10 and 784-100-10 sigmoid networks, mini-batch 10,
-eta = 0.5, 30 epochs, the cross-entropy against the quadratic cost, trained by `train.py`'s trainer
-with configs/nielsen.py.
+"""Experiment 7, the slides' MNIST MLP (003).
+
+784-30-10 and 784-100-10 sigmoid networks, mini-batch 10, eta = 0.5, 30 epochs, the cross-entropy
+against the quadratic cost, trained by `train.py`'s trainer with configs/nielsen.py.
 
 The slides report 95.49% / 96.82% (cross-entropy) and 95.42% / 96.59% (quadratic) on MNIST. MNIST
 is used when a prepared TFDS copy or IDX files are on the machine; otherwise Fashion-MNIST, a

@@ -1,4 +1,6 @@
-"""Experiment 8, overfitting and its cures (notes 000/001: dropout, weight decay, early termination).
+"""Experiment 8, overfitting and its cures.
+
+Notes 000/001: dropout, weight decay, early termination.
 
 A 784-512-512-10 ReLU network (669,706 parameters) is trained on 1,000 Fashion-MNIST images for
 60 epochs by SGD with momentum (alpha = 0.05, mu = 0.9, batch 100): enough capacity to memorise
@@ -20,7 +22,7 @@ import numpy as np
 from experiments import report
 from jaxnet.data import Split, load_dataset
 from jaxnet.training import trainer
-from jaxnet.training.defaults import base_config
+from jaxnet.training.config import base_config
 
 LAMBDA, DROPOUT = 1e-2, 0.5
 VARIANTS = {

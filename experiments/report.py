@@ -1,4 +1,7 @@
-"""What every experiment writes: PNG figures, and its numbers as JSON and as a Markdown table beside the notes' numbers."""
+"""What every experiment writes.
+
+PNG figures, and its numbers as JSON and as a Markdown table beside the notes' numbers.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +48,11 @@ def write_results(
     extra: dict | None = None,
     more_tables: dict | None = None,
 ) -> dict:
-    """{name}.json (rows, more tables, figures, extra) and {name}.md (title, tables, figure links) in out_dir."""
+    """Write {name}.json and {name}.md in out_dir.
+
+    The JSON has the rows, more tables, figures and extra; the Markdown the title, the tables and
+    links to the figures.
+    """
     more_tables = more_tables or {}
     result = {
         "name": name,

@@ -1,10 +1,11 @@
-"""Experiment 3, the soft-max simplex (notes 000, Figure 1): a 3-class network's outputs p in the 2-simplex.
+"""Experiment 3, the soft-max simplex (notes 000, Figure 1).
 
-The soft-max maps scores to p in the 2-simplex {p >= 0, p1 + p2 + p3 = 1}, the triangle with corners
-e1, e2, e3. The classifier picks argmax p, so the decision regions are three quadrilaterals whose
-boundaries meet at the unit point 1/3 (1, 1, 1). A 2-16-3 tanh network on three overlapping Gaussian
-blobs is shown at its random initialisation (p spread over the middle of the triangle) and after
-training, when most p sit near their class's corner and the errors are the blobs' overlap.
+A 3-class network's outputs p in the 2-simplex. The soft-max maps scores to p in the 2-simplex
+{p >= 0, p1 + p2 + p3 = 1}, the triangle with corners e1, e2, e3. The classifier picks argmax p,
+so the decision regions are three quadrilaterals whose boundaries meet at the unit point
+1/3 (1, 1, 1). A 2-16-3 tanh network on three overlapping Gaussian blobs is shown at its random
+initialisation (p spread over the middle of the triangle) and after training, when most p sit
+near their class's corner and the errors are the blobs' overlap.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Experiment 1, the learning slowdown (slides 003): one sigmoid neuron learns to map input 1 to output 0.
+"""Experiment 1, the learning slowdown (slides 003).
+
+One sigmoid neuron learns to map input 1 to output 0:
 
 a = sigma(w x + b) with x = 1, y = 0, plain gradient descent with eta = 0.15 for 300 epochs (one
 example, so one step per epoch), from w = 0.6, b = 0.9 (a = 0.82) and from w = b = 2.0 (a = 0.98),
@@ -67,7 +69,10 @@ def run(out_dir: str, quick: bool = False) -> dict:
         }
         for (start, cost), (a, _) in curves.items()
     ]
-    notes = "slides 003: a = 0.82 and 0.98 at epoch 0; about 0.09 after 300 epochs (quadratic, 0.6/0.9); little change in the first 150 epochs (quadratic, 2.0/2.0)"
+    notes = (
+        "slides 003: a = 0.82 and 0.98 at epoch 0; about 0.09 after 300 epochs (quadratic, "
+        "0.6/0.9); little change in the first 150 epochs (quadratic, 2.0/2.0)"
+    )
     return report.write_results(
         out_dir,
         "slowdown",

@@ -1,7 +1,8 @@
-"""Experiment 2, notes 004: the softmax exercise (z = 1, 2, 3, correct class 2) and the 80/20 single-input case.
+"""Experiment 2, notes 004: the softmax exercise and the 80/20 single-input case.
 
-The exercise's probabilities and gradients of log Prob(2) come from jaxnet's softmax and jax.grad of
-its log-softmax, printed beside the derivation's numbers (e^1 = 2.718, ..., sum 30.193).
+The exercise: z = 1, 2, 3, correct class 2. Its probabilities and gradients of log Prob(2) come
+from jaxnet's softmax and jax.grad of its log-softmax, printed beside the derivation's numbers
+(e^1 = 2.718, ..., sum 30.193).
 
 The 80/20 case: one input repeated 100 times, target 1 in 80 cases and 0 in 20. A sigmoid output
 z = sigma(b) trained by gradient descent on the summed loss reaches z = 0.8 under both the sum of

@@ -1,4 +1,7 @@
-"""jaxnet: how neural networks are trained, as pure JAX functions whose gradients are checked by hand."""
+"""jaxnet: how neural networks are trained.
+
+As pure JAX functions whose gradients are checked by hand.
+"""
 
 from jaxnet import activations, backprop, layers, losses, optim, shapes
 

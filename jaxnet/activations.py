@@ -3,9 +3,9 @@
 Point activations f: R -> R act entrywise; their Jacobian is diag(f'(a)). sigmoid, tanh and relu
 are `jax.custom_jvp`s whose derivative is the one written here, so `jax.grad` through a jaxnet
 network keeps full relative precision where the activations saturate (JAX's own sigmoid and tanh
-gradients round to 0 beyond |a| ~ 37 and ~ 19; the true values are ~1e-16 to 1e-300). The soft-max and
-log-soft-max act on the last axis; their Jacobians are written out too. Everything stays finite
-for logits of +-1e4 and beyond.
+gradients round to 0 beyond |a| ~ 37 and ~ 19; the true values are ~1e-16 to 1e-300). The
+soft-max and log-soft-max act on the last axis; their Jacobians are written out too. Everything
+stays finite for logits of +-1e4 and beyond.
 
 ReLU convention. The notes (000/001/002, appendix) take dReLU/da = 1 for a >= 0; `jax.nn.relu`
 uses 0 at a = 0. jaxnet's `relu` is a `jax.custom_jvp` that follows the notes, so `jax.grad`
@@ -27,7 +27,10 @@ def sigmoid(a):
 
 
 def sigmoid_derivative(a):
-    """sigma'(a) = sigma(a) (1 - sigma(a)) (slides 003), as sigma(a) sigma(-a): 1 - sigma(a) rounds to 0 for a > 37."""
+    """sigma'(a) = sigma(a) (1 - sigma(a)) (slides 003), computed as sigma(a) sigma(-a).
+
+    1 - sigma(a) rounds to 0 for a > 37.
+    """
     return jax.nn.sigmoid(a) * jax.nn.sigmoid(-a)
 
 
@@ -61,7 +64,10 @@ def relu(a):
 
 
 def relu_derivative(a, at_zero: float = 1.0):
-    """dReLU/da: 1 for a > 0, 0 for a < 0, and `at_zero` at a = 0 (1 in the notes, 0 in jax.nn.relu)."""
+    """dReLU/da: 1 for a > 0, 0 for a < 0, and `at_zero` at a = 0.
+
+    at_zero is 1 in the notes, 0 in jax.nn.relu.
+    """
     return jnp.where(a > 0, 1.0, jnp.where(a < 0, 0.0, at_zero)).astype(jnp.result_type(a, float))
 
 
@@ -93,7 +99,7 @@ def identity_derivative(a):
 
 
 def log_softmax(z, axis: int = -1):
-    """log Prob(i) = z_i - log sum_j exp(z_j) (notes 004), shifted by max z so it never overflows."""
+    """log Prob(i) = z_i - log sum_j exp(z_j) (notes 004), shifted by max z: it never overflows."""
     shifted = z - jax.lax.stop_gradient(jnp.max(z, axis=axis, keepdims=True))
     return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
 

@@ -1,4 +1,6 @@
-"""Back-propagation written out: Algorithm 1 of the notes (000/002, Sec. 3) with hand-written local Jacobians.
+"""Back-propagation written out, with hand-written local Jacobians.
+
+Algorithm 1 of the notes (000/002, Sec. 3).
 
 Two forms, both returning the gradient of the risk L_T = (1/N) sum_n l_n with exactly the
 pytree structure `jax.grad` gives for the same network:
@@ -40,12 +42,16 @@ def _as_layer_list(network: Layer, params):
 def _check_loss(loss):
     if not isinstance(loss, Loss):
         raise TypeError(
-            f"loss must be a jaxnet.losses.Loss (value and derivative), e.g. losses.CROSS_ENTROPY_FROM_LOGITS; got {loss!r}"
+            "loss must be a jaxnet.losses.Loss (value and derivative), "
+            f"e.g. losses.CROSS_ENTROPY_FROM_LOGITS; got {loss!r}"
         )
 
 
 def backprop(network: Layer, params, x, targets, loss: Loss, *, key=None):
-    """Algorithm 1: per-sample back-propagation with explicit local Jacobian matrices; returns grad L_T."""
+    """Algorithm 1: per-sample back-propagation with explicit local Jacobian matrices.
+
+    Returns grad L_T.
+    """
     _check_loss(loss)
     layers, params, unwrap = _as_layer_list(network, params)
     for layer in layers:
@@ -77,7 +83,10 @@ def backprop(network: Layer, params, x, targets, loss: Loss, *, key=None):
 
 
 def backprop_batched(network: Layer, params, x, targets, loss: Loss, *, key=None):
-    """The same gradient from one backward pass over the whole batch, with each layer's closed-form vjp."""
+    """The same gradient from one backward pass over the whole batch.
+
+    Each layer's closed-form vjp carries the whole batch of row vectors back.
+    """
     _check_loss(loss)
     layers, params, unwrap = _as_layer_list(network, params)
     xs = forward_with_activations(layers, params, x, key)

@@ -1,19 +1,29 @@
-"""Datasets as numpy arrays on the host: MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's digits, and a synthetic problem.
+"""Datasets as numpy arrays on the host.
 
+MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's digits, and a synthetic problem.
 `load_dataset(name)` tries a fixed list of sources for each name, in order, and never downloads:
 
-1. a TFDS dataset already prepared in the array_record format, in `data_dir` or else in TFDS's default data
-   dir ($TFDS_DATA_DIR or ~/tensorflow_datasets). It is read with `tfds.data_source`, which needs pillow to
-   decode images but not TensorFlow. TFDS is imported only once a prepared dataset is found on disk.
-2. local files: the four MNIST-format IDX files, gzipped or not, in `data_dir` or `data_dir/<name>`, and for
-   fashion_mnist the Debian package's /usr/share/datasets/fashion-mnist. For cifar10, the CIFAR-10 binary
-   version (data_batch_1.bin ... test_batch.bin) in `data_dir` or `data_dir/cifar-10-batches-bin`.
+1. a TFDS dataset already prepared in the array_record format, in `data_dir` or else in TFDS's
+   default data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets). It is read with
+   `tfds.data_source`, which needs pillow to decode images but not TensorFlow. TFDS is imported
+   only once a prepared dataset is found on disk.
+2. local files: the four MNIST-format IDX files, gzipped or not, in `data_dir` or
+   `data_dir/<name>`, and for fashion_mnist the Debian package's
+   /usr/share/datasets/fashion-mnist. For cifar10, the CIFAR-10 binary version
+   (data_batch_1.bin ... test_batch.bin) in `data_dir` or `data_dir/cifar-10-batches-bin`.
 3. 'digits': scikit-learn's `load_digits`, whose data ships inside the package.
 4. 'synthetic': class prototype images plus Gaussian noise, generated from the seed.
 
-If no source has the data, `DatasetNotFoundError` is raised at once. Its message lists every place looked
-and says how to get the data. Images are float32 in [0, 1], in NHWC layout; labels are int32. The validation
-split is held out of the training split with a permutation drawn from `seed`. The test split is never touched.
+If no source has the data, `DatasetNotFoundError` is raised at once. Its message lists every
+place looked and says how to get the data. Images are float32 in [0, 1], in NHWC layout; labels
+are int32 in [0, num_classes). The validation split is held out of the training split with a
+permutation drawn from `seed`. The test split is never touched.
+
+Labels are checked where data enters: each source's files (naming the file and the first bad
+label), every `Split` (an integer dtype, finite images of a real dtype) and every `Dataset`,
+including one a user builds (each split's labels in [0, num_classes)). A bad label raises a
+ValueError naming the split, the index and the value, e.g.
+"Dataset 'toy': train labels[17] = 12 is out of range: expected integers in [0, 10)".
 """
 
 from __future__ import annotations
@@ -44,7 +54,8 @@ DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits", "synthetic")
 # Directories searched for IDX files after `data_dir` (tests monkeypatch this).
 SYSTEM_DIRS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",)}
 
-# The standard MNIST file names; each may also end in .gz, or have '.idx' for '-idx' (train-images.idx3-ubyte).
+# The standard MNIST file names; each may also end in .gz, or have '.idx' for '-idx'
+# (train-images.idx3-ubyte).
 IDX_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -53,40 +64,44 @@ IDX_FILES = (
 )
 CIFAR10_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
 
-# digits has no official test split: a stratified 20% of each class, drawn with a fixed seed, is the test split.
+# digits has no official test split: a stratified 20% of each class, drawn with a fixed seed, is
+# the test split.
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 0
 
-SYNTHETIC_NOISE = (
-    0.5  # standard deviation of the Gaussian noise added to each pixel of the prototypes
-)
+# The standard deviation of the Gaussian noise added to each pixel of the prototypes.
+SYNTHETIC_NOISE = 0.5
 
 _NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "digits": 10}
 
 _IDX_TFDS_HINT = (
-    "or, on a machine with network access and TensorFlow, run `tfds build {name} --file_format=array_record "
-    "--data_dir=DIR`, copy DIR here and pass data_dir=DIR the same way (reading it needs `pip install pillow`)"
+    "or, on a machine with network access and TensorFlow, run "
+    "`tfds build {name} --file_format=array_record --data_dir=DIR`, copy DIR here and pass "
+    "data_dir=DIR the same way (reading it needs `pip install pillow`)"
 )
 _HOW_TO_GET = {
     "mnist": (
-        "put the four MNIST IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-        "t10k-labels-idx1-ubyte, each gzipped or not) in a directory DIR and pass data_dir=DIR "
-        "(--config.dataset.data_dir=DIR); "
+        "put the four MNIST IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each gzipped or not) in a directory DIR "
+        "and pass data_dir=DIR (--config.dataset.data_dir=DIR); "
         + _IDX_TFDS_HINT.format(name="mnist")
-        + ". Offline, --config.dataset.name=fashion_mnist works after `apt-get install dataset-fashion-mnist`."
+        + ". Offline, --config.dataset.name=fashion_mnist works after "
+        "`apt-get install dataset-fashion-mnist`."
     ),
     "fashion_mnist": (
-        "run `apt-get install dataset-fashion-mnist` (Debian/Ubuntu: the IDX files in /usr/share/datasets/fashion-mnist); "
-        "or put the four Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in a directory DIR and pass data_dir=DIR "
+        "run `apt-get install dataset-fashion-mnist` (Debian/Ubuntu: the IDX files in "
+        "/usr/share/datasets/fashion-mnist); or put the four Fashion-MNIST IDX files "
+        "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+        "t10k-labels-idx1-ubyte.gz) in a directory DIR and pass data_dir=DIR "
         "(--config.dataset.data_dir=DIR); " + _IDX_TFDS_HINT.format(name="fashion_mnist") + "."
     ),
     "cifar10": (
-        "on a machine with network access and TensorFlow, run `tfds build cifar10 --file_format=array_record "
-        "--data_dir=DIR`, copy DIR here and pass data_dir=DIR (--config.dataset.data_dir=DIR; reading it needs "
-        "`pip install pillow`); or unpack the CIFAR-10 binary version "
-        "(https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz: data_batch_1.bin ... data_batch_5.bin, "
-        "test_batch.bin) into DIR and pass data_dir=DIR."
+        "on a machine with network access and TensorFlow, run "
+        "`tfds build cifar10 --file_format=array_record --data_dir=DIR`, copy DIR here and pass "
+        "data_dir=DIR (--config.dataset.data_dir=DIR; reading it needs `pip install pillow`); "
+        "or unpack the CIFAR-10 binary version "
+        "(https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz: data_batch_1.bin ... "
+        "data_batch_5.bin, test_batch.bin) into DIR and pass data_dir=DIR."
     ),
     "digits": "run `pip install scikit-learn` (load_digits reads data shipped inside the package).",
 }
@@ -96,19 +111,85 @@ class DatasetNotFoundError(FileNotFoundError):
     """No source has the dataset; the message lists every place looked and how to get the data."""
 
 
+_SPLITS = ("train", "validation", "test")
+
+
+def _split_images(images, who: str) -> np.ndarray:
+    """Images as float32, or ValueError unless they are finite numbers of a real (or bool) dtype."""
+    if images.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{who}images have dtype {images.dtype}: expected real numbers (float, int or bool)"
+        )
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range: reported below
+        out = np.asarray(images, np.float32)
+    # min and max are NaN or infinite if any value is (a float64 too large for float32 included)
+    if images.dtype.kind == "f" and out.size and not np.isfinite([out.min(), out.max()]).all():
+        where = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
+        raise ValueError(
+            f"{who}images[{', '.join(map(str, where))}] = {images[where].item()} is not a finite "
+            "float32: expected finite real numbers"
+        )
+    return out
+
+
+def _split_labels(labels, who: str, expected: str) -> np.ndarray:
+    """Labels as int32, or ValueError naming the first label if their dtype is not an integer one.
+
+    Integer labels are checked to fit in int32 before the cast; floats and bools are refused,
+    even whole numbers, rather than truncated. Empty labels of any real dtype (np.asarray([]) is
+    float64) are accepted.
+    """
+    kind = labels.dtype.kind
+    if kind in "iu":
+        if not np.can_cast(labels.dtype, np.int32):
+            info = np.iinfo(np.int32)
+            outside = labels > info.max
+            if kind == "i":
+                outside |= labels < info.min
+            if outside.any():
+                i = int(np.argmax(outside))
+                raise ValueError(
+                    f"{who}labels[{i}] = {labels[i]} does not fit in int32: expected {expected}"
+                )
+        return labels.astype(np.int32, copy=False)
+    if labels.size == 0:
+        if kind in "bf":
+            return labels.astype(np.int32)
+        raise ValueError(f"{who}labels have dtype {labels.dtype}: expected {expected}")
+    i = 0
+    if kind == "f":  # name the first label that is not a whole number, if any is not
+        whole = np.isfinite(labels) & (labels == np.round(labels))
+        i = int(np.argmax(~whole))
+    raise ValueError(
+        f"{who}labels[{i}] = {labels[i].item()!r} has dtype {labels.dtype}: expected {expected}"
+    )
+
+
+def _split_arrays(images, labels, who: str, expected: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images float32, labels int32) of one split, or ValueError whose message starts with who."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim != 4 or labels.shape != images.shape[:1]:
+        raise ValueError(
+            f"{who}needs images (N, H, W, C) and labels (N,); got {images.shape} and {labels.shape}"
+        )
+    return _split_images(images, who), _split_labels(labels, who, expected)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Split:
-    """Images (N, H, W, C) float32 in [0, 1] and labels (N,) int32."""
+    """Images (N, H, W, C) float32 and labels (N,) int32.
+
+    Images of any real or bool dtype are cast to float32 (`load_dataset` scales them to [0, 1]);
+    other dtypes, and float values that are NaN or infinite, raise ValueError. Labels must have an
+    integer dtype, and are cast to int32 once checked to fit: float or bool labels raise ValueError
+    rather than being truncated. Whether they are in [0, num_classes) is checked by `Dataset`.
+    """
 
     images: np.ndarray
     labels: np.ndarray
 
     def __post_init__(self):
-        images, labels = np.asarray(self.images, np.float32), np.asarray(self.labels, np.int32)
-        if images.ndim != 4 or labels.shape != images.shape[:1]:
-            raise ValueError(
-                f"Split needs images (N, H, W, C) and labels (N,); got {images.shape} and {labels.shape}"
-            )
+        images, labels = _split_arrays(self.images, self.labels, "Split ", "integer class indices")
         object.__setattr__(self, "images", images)
         object.__setattr__(self, "labels", labels)
 
@@ -118,7 +199,13 @@ class Split:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """A dataset's train / validation / test splits, where it came from, and what was tried before."""
+    """A dataset's train / validation / test splits, where it came from, what was tried before.
+
+    Building one checks every split's labels are in [0, num_classes), or raises ValueError naming
+    the split and the first bad label: "Dataset 'toy': train labels[17] = 12 is out of range:
+    expected integers in [0, 10)". A split may be a `Split` or any object with `images` and
+    `labels`, which becomes a Split (its errors then name the split too).
+    """
 
     name: str
     source: str
@@ -127,6 +214,29 @@ class Dataset:
     validation: Split
     test: Split
     num_classes: int
+
+    def __post_init__(self):
+        k = self.num_classes
+        if not (_is_count(k) and k >= 1):
+            raise ValueError(
+                f"Dataset {self.name!r}: num_classes={k!r} is not allowed: use an int >= 1"
+            )
+        expected = f"integers in [0, {k})"
+        for split in _SPLITS:
+            value, who = getattr(self, split), f"Dataset {self.name!r}: {split} "
+            if not isinstance(value, Split):
+                if not (hasattr(value, "images") and hasattr(value, "labels")):
+                    raise TypeError(
+                        f"{who}is a {type(value).__name__}: expected a Split(images, labels)"
+                    )
+                value = Split(*_split_arrays(value.images, value.labels, who, expected))
+                object.__setattr__(self, split, value)
+            outside = (value.labels < 0) | (value.labels >= k)
+            if outside.any():
+                i = int(np.argmax(outside))
+                raise ValueError(
+                    f"{who}labels[{i}] = {value.labels[i]} is out of range: expected {expected}"
+                )
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -139,9 +249,8 @@ class _Skip(Exception):
 
 
 class _Arrays(NamedTuple):
-    train_images: (
-        np.ndarray
-    )  # (N, H, W, C), any real dtype: divided by `maximum` once the splits are drawn
+    # (N, H, W, C), any real dtype: divided by `maximum` once the splits are drawn
+    train_images: np.ndarray
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
@@ -153,17 +262,21 @@ class _Source(NamedTuple):
     load: Callable[[], _Arrays]
 
 
-# ----------------------------------------------------------------------------------------------------------- IDX files
+# --------------------------------------------------------------------------------------- IDX files
 
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
-    """The array in the bytes of an IDX file; ValueError naming `name` if the magic number or size is wrong."""
+    """The array in the bytes of an IDX file.
+
+    ValueError naming `name` if the magic number or the size is wrong.
+    """
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(
-            f"{name}: not an IDX file: magic number {raw[:4].hex() or 'missing'}, expected 0000TTNN with "
-            f"type TT in {', '.join(f'{t:02x}' for t in _IDX_DTYPES)} and NN dimensions (MNIST images: 00000803)"
+            f"{name}: not an IDX file: magic number {raw[:4].hex() or 'missing'}, expected "
+            f"0000TTNN with type TT in {', '.join(f'{t:02x}' for t in _IDX_DTYPES)} and NN "
+            "dimensions (MNIST images: 00000803)"
         )
     ndim, header = raw[3], 4 + 4 * raw[3]
     if len(raw) < header:
@@ -176,7 +289,8 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
     if found != expected:
         problem = "truncated IDX file" if found < expected else "IDX file with trailing bytes"
         raise ValueError(
-            f"{name}: {problem}: the header says {dtype} of shape {shape} ({expected} bytes), the file has {found}"
+            f"{name}: {problem}: the header says {dtype} of shape {shape} ({expected} bytes), "
+            f"the file has {found}"
         )
     return (
         np.frombuffer(raw, dtype, offset=header)
@@ -186,7 +300,10 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
 
 
 def read_idx(path) -> np.ndarray:
-    """The array in an IDX file, gzipped (detected by content) or not; ValueError naming the file if malformed."""
+    """The array in an IDX file, gzipped (detected by content) or not.
+
+    ValueError naming the file if it is malformed.
+    """
     path = os.fspath(path)
     with open(path, "rb") as f:
         raw = f.read()
@@ -208,9 +325,13 @@ def _find_idx(directory: str, stem: str) -> str | None:
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
-    if labels.size and labels.max() >= num_classes:
+    """A source's labels as int32, or ValueError naming `where` and the first one not in range."""
+    outside = (labels < 0) | (labels >= num_classes)
+    if outside.any():
+        i = int(np.argmax(outside))
         raise ValueError(
-            f"{where}: label {int(labels.max())} out of range: expected 0 ... {num_classes - 1}"
+            f"{where}: labels[{i}] = {labels[i]} is out of range: "
+            f"expected integers in [0, {num_classes})"
         )
     return labels.astype(np.int32)
 
@@ -219,11 +340,13 @@ def _idx_pair(images_path: str, labels_path: str, num_classes: int):
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(
-            f"{images_path}: expected images: unsigned bytes (N, H, W), magic 00000803; got {images.dtype} {images.shape}"
+            f"{images_path}: expected images: unsigned bytes (N, H, W), magic 00000803; "
+            f"got {images.dtype} {images.shape}"
         )
     if labels.ndim != 1 or labels.dtype != np.uint8:
         raise ValueError(
-            f"{labels_path}: expected labels: unsigned bytes (N,), magic 00000801; got {labels.dtype} {labels.shape}"
+            f"{labels_path}: expected labels: unsigned bytes (N,), magic 00000801; "
+            f"got {labels.dtype} {labels.shape}"
         )
     if len(images) != len(labels):
         raise ValueError(
@@ -251,14 +374,15 @@ def _idx_source(directory: str, num_classes: int) -> _Source:
     return _Source(f"IDX files in {directory}", load)
 
 
-# ------------------------------------------------------------------------------------------------ CIFAR-10 binary files
+# --------------------------------------------------------------------------- CIFAR-10 binary files
 
 
 def _read_cifar10_bin(path: str):
     raw = np.fromfile(path, np.uint8)
     if raw.size == 0 or raw.size % 3073:
         raise ValueError(
-            f"{path}: not a CIFAR-10 binary batch: {raw.size} bytes is not a positive multiple of 3073 (1 label + 32x32x3)"
+            f"{path}: not a CIFAR-10 binary batch: {raw.size} bytes is not a positive multiple "
+            "of 3073 (1 label + 32x32x3)"
         )
     records = raw.reshape(-1, 3073)
     images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
@@ -281,11 +405,11 @@ def _cifar10_bin_source(directory: str) -> _Source:
     return _Source(f"CIFAR-10 binary batches in {directory}", load)
 
 
-# ---------------------------------------------------------------------------------------------------------------- TFDS
+# -------------------------------------------------------------------------------------------- TFDS
 
 
 def _default_tfds_data_dir() -> str:
-    """TFDS's default data dir: $TFDS_DATA_DIR, or else ~/tensorflow_datasets (as tfds computes it)."""
+    """TFDS's default data dir: $TFDS_DATA_DIR, or else ~/tensorflow_datasets (as tfds has it)."""
     return os.environ.get("TFDS_DATA_DIR") or os.path.join(
         os.path.expanduser("~"), "tensorflow_datasets"
     )
@@ -310,7 +434,8 @@ def _tfds_source(name: str, root: str) -> _Source:
             raise _Skip(f"no prepared {name} (no {name}/<version>/dataset_info.json)")
         version = max(versions, key=_version_key)
         try:
-            import PIL.Image  # noqa: F401  (tfds decodes images with pillow when TensorFlow is absent)
+            # tfds decodes images with pillow when TensorFlow is absent
+            import PIL.Image  # noqa: F401
         except ImportError:
             raise _Skip(
                 f"{name}/{version} is prepared, but reading it needs `pip install pillow`"
@@ -319,7 +444,8 @@ def _tfds_source(name: str, root: str) -> _Source:
 
         try:
             builder = tfds.builder(f"{name}:{version}", data_dir=root)
-        except Exception as e:  # noqa: BLE001  (a broken prepared dir is a skipped source, with the reason)
+        except Exception as e:  # noqa: BLE001
+            # a broken prepared dir is a skipped source, with the reason
             raise _Skip(f"{name}/{version} is unreadable: {type(e).__name__}: {e}") from None
         file_format = (
             getattr(builder.info.file_format, "value", builder.info.file_format) or "tfrecord"
@@ -328,21 +454,24 @@ def _tfds_source(name: str, root: str) -> _Source:
             raise _Skip(f"{name}/{version} is not completely prepared")
         if file_format not in ("array_record", "parquet"):
             raise _Skip(
-                f"{name}/{version} is prepared as {file_format}, which needs TensorFlow; prepare it with --file_format=array_record"
+                f"{name}/{version} is prepared as {file_format}, which needs TensorFlow; "
+                "prepare it with --file_format=array_record"
             )
         num_classes = builder.info.features["label"].num_classes
         arrays = []
-        for source in builder.as_data_source(split=["train", "test"]):
+        splits = ["train", "test"]
+        for split, source in zip(splits, builder.as_data_source(split=splits)):
             examples = source.__getitems__(range(len(source)))
             images = np.stack([e["image"] for e in examples])
             labels = np.array([e["label"] for e in examples], np.int64)
-            arrays += [images, _check_labels(labels, num_classes, f"{folder}/{version}")]
+            where = f"{folder}/{version} ({split} split)"
+            arrays += [images, _check_labels(labels, num_classes, where)]
         return _Arrays(*arrays, 255)
 
     return _Source(f"TFDS prepared data in {root}", load)
 
 
-# ------------------------------------------------------------------------------------------------ digits and synthetic
+# ---------------------------------------------------------------------------- digits and synthetic
 
 
 def _stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -369,7 +498,8 @@ def _digits_source() -> _Source:
 
     fraction = f"{DIGITS_TEST_FRACTION:.0%}"
     return _Source(
-        f"scikit-learn load_digits (test: a stratified {fraction} of each class, seed {DIGITS_TEST_SEED})",
+        f"scikit-learn load_digits (test: a stratified {fraction} of each class, "
+        f"seed {DIGITS_TEST_SEED})",
         load,
     )
 
@@ -378,7 +508,7 @@ def _synthetic_source(
     shape: tuple[int, ...], classes: int, sizes: tuple[int, int], seed: int
 ) -> _Source:
     def load():
-        rng = np.random.default_rng([seed, 1])  # a stream apart from the validation permutation's
+        rng = np.random.default_rng([seed, 1])  # a stream apart from the validation permutation
         prototypes = rng.random((classes, *shape), dtype=np.float32)
 
         def draw(n):
@@ -388,11 +518,14 @@ def _synthetic_source(
 
         return _Arrays(*draw(sizes[0]), *draw(sizes[1]), 1)
 
-    where = f"synthetic: {classes} random prototypes of shape {shape} plus N(0, {SYNTHETIC_NOISE}^2) noise, clipped to [0, 1]"
+    where = (
+        f"synthetic: {classes} random prototypes of shape {shape} plus "
+        f"N(0, {SYNTHETIC_NOISE}^2) noise, clipped to [0, 1]"
+    )
     return _Source(f"{where}, seed {seed}", load)
 
 
-# ------------------------------------------------------------------------------------------------------------- loading
+# ----------------------------------------------------------------------------------------- loading
 
 
 def _to_unit(images: np.ndarray, maximum: float) -> np.ndarray:
@@ -423,12 +556,16 @@ def _is_count(x) -> bool:
 def _bad_validation_size(value, n: int | None = None) -> ValueError:
     count = f"a count 0 <= n < {n} (the training split's size)" if n else "a count n >= 0 (an int)"
     return ValueError(
-        f"validation_size={value!r} is not allowed: use a fraction 0 <= f < 1 of the training split, or {count}"
+        f"validation_size={value!r} is not allowed: use a fraction 0 <= f < 1 of the training "
+        f"split, or {count}"
     )
 
 
 def _validation_count(value, n: int | None = None) -> int:
-    """The number of held-out examples for `validation_size` of a training split of n (None: check the type only)."""
+    """The number of held-out examples for `validation_size` of a training split of n.
+
+    n=None checks the type only.
+    """
     if _is_count(value):
         count = int(value)
     elif isinstance(value, (float, np.floating)) and 0 <= value < 1:
@@ -466,13 +603,16 @@ def load_dataset(
     synthetic_size=(2048, 512),
     log=print,
 ) -> Dataset:
-    """Load `name` from the first source that has it, holding `validation_size` of the training split out with `seed`.
+    """Load `name` from the first source that has it, holding out a validation split.
 
-    Each source is tried in a fixed order (see the module docstring); `log` gets one line with that order and one
-    with the source used. `validation_size` is a fraction 0 <= f < 1 of the training split, or a count; 0 holds
-    nothing out. 'synthetic' generates `synthetic_size` = (train, test) examples of `synthetic_shape`
-    (H, W, C) in `synthetic_classes` classes from `seed`; its validation split comes out of the train part.
-    Raises DatasetNotFoundError (a FileNotFoundError) if no source has the data, without any download.
+    `validation_size` of the training split is held out with a permutation drawn from `seed`.
+    Each source is tried in a fixed order (see the module docstring); `log` gets one line with
+    that order and one with the source used. `validation_size` is a fraction 0 <= f < 1 of the
+    training split, or a count; 0 holds nothing out. 'synthetic' generates `synthetic_size` =
+    (train, test) examples of `synthetic_shape` (H, W, C) in `synthetic_classes` classes from
+    `seed`; its validation split comes out of the train part. Raises DatasetNotFoundError (a
+    FileNotFoundError) if no source has the data, without any download, and ValueError naming
+    the file if a source's labels are out of range.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
@@ -529,7 +669,7 @@ def load_dataset(
     )
     h, w, c = dataset.input_shape
     log(
-        f"{name}: using {source.description}: {len(train)} train + {len(validation)} validation (seed {seed}) "
-        f"of {n}, {len(dataset.test)} test; {h}x{w}x{c}, {num_classes} classes"
+        f"{name}: using {source.description}: {len(train)} train + {len(validation)} validation "
+        f"(seed {seed}) of {n}, {len(dataset.test)} test; {h}x{w}x{c}, {num_classes} classes"
     )
     return dataset

@@ -1,4 +1,6 @@
-"""Losses, risks and information measures, each with its derivative beside it (notes 000, 002, 004; slides 003).
+"""Losses, risks and information measures, each with its derivative beside it.
+
+From notes 000, 002 and 004, and slides 003.
 
 Conventions, the same as optax's:
 - Arguments are (prediction, target). The notes write l(y, p) with the label first; jaxnet
@@ -9,6 +11,13 @@ Conventions, the same as optax's:
   starting row vector g of back-propagation, equation (4).
 - Labels of multi-class losses are integer class indices of shape (N,) or one-hot (or any
   probability) rows of shape (N, K): the notes' q.
+- An integer label outside [0, K) makes that sample's value NaN, for every function here that
+  takes class indices (the cross-entropies and their derivatives, `as_distribution`,
+  `zero_one_loss`, `error_rate`, `top_k_error`), eagerly and under jit alike: JAX cannot raise
+  on a traced value, and NaN is what a trainer's non-finite check catches. The other samples
+  keep their values and finite gradients. Without this, one_hot would make an all-zero row (a
+  silent loss of 0 and a zero gradient), and take_along_axis would wrap -1 round to the last
+  class and fill NaN above K - 1. `jaxnet.data` refuses such labels when a dataset is built.
 - `unit='nats'` (natural log, the default) or `unit='bits'` (log base 2, as in Appendix A).
   Wherever q = 0, the term q log p is taken as 0 (the limit in Appendix A.2).
 """
@@ -38,28 +47,47 @@ def _sum_per_sample(values):
 
 
 def _xlogy(x, y):
-    """x log y with 0 log y = 0, whose gradient is finite (0) wherever x = 0 (jax.scipy's xlogy gives NaN there)."""
+    """x log y with 0 log y = 0, whose gradient is finite (0) wherever x = 0.
+
+    jax.scipy's xlogy gives a NaN gradient there.
+    """
     positive = x != 0
     return jnp.where(positive, x * jnp.log(jnp.where(positive, y, 1)), 0)
 
 
+def _in_range(labels, num_classes: int):
+    """True where a class index is in [0, num_classes); traceable, so it works under jit."""
+    below = labels < num_classes
+    if jnp.issubdtype(labels.dtype, jnp.integer) and num_classes > jnp.iinfo(labels.dtype).max:
+        below = jnp.ones(labels.shape, bool)  # every value of the dtype is below num_classes
+    return (labels >= 0) & below
+
+
 def as_distribution(labels, scores):
-    """Labels as the notes' q: integer classes (N,) become one-hot rows; (N, K) rows pass through."""
+    """Labels as the notes' q: integer classes (N,) become one-hot rows; (N, K) rows pass through.
+
+    An integer label outside [0, K) becomes a row of NaN (one_hot alone would give a row of
+    zeros), so every loss computed from it is NaN for that sample.
+    """
     labels = jnp.asarray(labels)
     if labels.shape == scores.shape:
         return labels.astype(scores.dtype)
     if labels.shape == scores.shape[:-1] and jnp.issubdtype(labels.dtype, jnp.integer):
-        return jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype)
+        k = scores.shape[-1]
+        q = jax.nn.one_hot(labels, k, dtype=scores.dtype)
+        return jnp.where(_in_range(labels, k)[..., None], q, jnp.nan)
     raise ValueError(
-        f"labels of shape {labels.shape} and dtype {labels.dtype} do not fit predictions of shape {scores.shape}: "
-        f"expected integer classes of shape {scores.shape[:-1]} or one-hot rows of shape {scores.shape}"
+        f"labels of shape {labels.shape} and dtype {labels.dtype} do not fit predictions of "
+        f"shape {scores.shape}: expected integer classes of shape {scores.shape[:-1]} or one-hot "
+        f"rows of shape {scores.shape}"
     )
 
 
 def _check_same_shape(name, prediction, target):
     if jnp.shape(prediction) != jnp.shape(target):
         raise ValueError(
-            f"{name}: prediction shape {jnp.shape(prediction)} differs from target shape {jnp.shape(target)}"
+            f"{name}: prediction shape {jnp.shape(prediction)} differs from "
+            f"target shape {jnp.shape(target)}"
         )
 
 
@@ -67,7 +95,10 @@ def _check_same_shape(name, prediction, target):
 
 
 def quadratic(prediction, target, scale: float = 0.5):
-    """scale ||y' - y||^2 per sample. scale=0.5 is the slides' and 004's (1/2) sum (t - z)^2; notes 000 use scale=1."""
+    """scale ||y' - y||^2 per sample.
+
+    scale=0.5 is the slides' and 004's (1/2) sum (t - z)^2; notes 000 use scale=1.
+    """
     _check_same_shape("quadratic", prediction, target)
     return scale * _sum_per_sample((prediction - target) ** 2)
 
@@ -81,9 +112,10 @@ def quadratic_derivative(prediction, target, scale: float = 0.5):
 
 
 def binary_cross_entropy(p, y, unit: str = "nats"):
-    """l(y, p) = -y log p - (1 - y) log(1 - p) (notes 000, Sec. 2.1), summed over outputs if p is (N, e).
+    """l(y, p) = -y log p - (1 - y) log(1 - p) (notes 000, Sec. 2.1).
 
-    On (N, e) sigmoid outputs this is the slides' multi-output binary cross-entropy.
+    Summed over outputs if p is (N, e): on (N, e) sigmoid outputs this is the slides' multi-output
+    binary cross-entropy.
     """
     _check_same_shape("binary_cross_entropy", p, y)
     return _sum_per_sample(-(_xlogy(y, p) + _xlogy(1 - y, 1 - p))) / _log_base(unit)
@@ -95,9 +127,10 @@ def binary_cross_entropy_derivative(p, y, unit: str = "nats"):
 
 
 def binary_cross_entropy_from_logits(z, y, unit: str = "nats"):
-    """The same loss of p = sigma(z), as y log(1 + e^-z) + (1 - y) log(1 + e^z): finite for |z| = 1e4 and beyond.
+    """The same loss of p = sigma(z), as y log(1 + e^-z) + (1 - y) log(1 + e^z).
 
-    The equal form log(1 + e^z) - y z cancels when the loss is small (1e-12 relative at z = 8, y = 1).
+    Finite for |z| = 1e4 and beyond. The equal form log(1 + e^z) - y z cancels when the loss is
+    small (1e-12 relative at z = 8, y = 1).
     """
     _check_same_shape("binary_cross_entropy_from_logits", z, y)
     return _sum_per_sample(
@@ -111,7 +144,10 @@ def binary_cross_entropy_from_logits_derivative(z, y, unit: str = "nats"):
 
 
 def multi_output_binary_cross_entropy(a, y, unit: str = "nats"):
-    """Slides 003: C_n = -sum_j [y_j ln a_j + (1 - y_j) ln(1 - a_j)] for (N, e) independent sigmoid outputs a."""
+    """Slides 003: C_n = -sum_j [y_j ln a_j + (1 - y_j) ln(1 - a_j)].
+
+    For (N, e) independent sigmoid outputs a.
+    """
     if jnp.ndim(a) != 2:
         raise ValueError(
             f"multi_output_binary_cross_entropy expects (N, e) outputs, got shape {jnp.shape(a)}"
@@ -123,34 +159,49 @@ def multi_output_binary_cross_entropy(a, y, unit: str = "nats"):
 
 
 def cross_entropy(probs, labels, unit: str = "nats"):
-    """l(y, p) = -log p_y = -sum_k q_k log p_k (notes 000, Sec. 2.2) on soft-max outputs p."""
+    """l(y, p) = -log p_y = -sum_k q_k log p_k (notes 000, Sec. 2.2) on soft-max outputs p.
+
+    NaN for a sample whose integer label is outside [0, K), also under jit.
+    """
     q = as_distribution(labels, probs)
     return -jnp.sum(_xlogy(q, probs), axis=-1) / _log_base(unit)
 
 
 def cross_entropy_derivative(probs, labels, unit: str = "nats"):
-    """dl/dp_k = -q_k / p_k (0 where q_k = 0)."""
+    """dl/dp_k = -q_k / p_k (0 where q_k = 0); a row of NaN for an integer label outside [0, K)."""
     q = as_distribution(labels, probs)
     return -jnp.where(q != 0, q / jnp.where(q != 0, probs, 1), 0) / _log_base(unit)
 
 
 def cross_entropy_from_logits(logits, labels, unit: str = "nats"):
-    """-log Prob(y) with Prob = softmax(logits), via log-soft-max: finite for logits of +-1e4."""
+    """-log Prob(y) with Prob = softmax(logits), via log-soft-max: finite for logits of +-1e4.
+
+    NaN for a sample whose integer label is outside [0, K), eagerly and under jit (JAX cannot
+    raise there), so a trainer's non-finite check stops on it; the other samples keep their
+    values, and their gradients stay finite.
+    """
     q = as_distribution(labels, logits)
     return -jnp.sum(q * log_softmax(logits), axis=-1) / _log_base(unit)
 
 
 def cross_entropy_from_logits_derivative(logits, labels, unit: str = "nats"):
-    """dl/dz_i = Prob(i) - q_i = p - q (notes 004: d log Prob(k)/dz_i = delta_ik - Prob(i)) when q sums to 1."""
+    """dl/dz_i = Prob(i) - q_i = p - q when q sums to 1.
+
+    Notes 004: d log Prob(k)/dz_i = delta_ik - Prob(i). A row of NaN for an integer label
+    outside [0, K).
+    """
     q = as_distribution(labels, logits)
     return (softmax(logits) * jnp.sum(q, axis=-1, keepdims=True) - q) / _log_base(unit)
 
 
-# ---------------------------------------------------------------------------------- zero-one and top-k
+# ------------------------------------------------------------------------------ zero-one and top-k
 
 
 def zero_one_loss(scores, labels):
-    """1 where argmax(scores) != y, else 0 (ties: the first maximal class is the prediction)."""
+    """1 where argmax(scores) != y, else 0 (ties: the first maximal class is the prediction).
+
+    NaN for a sample whose label is outside [0, K) (otherwise it would count as an error).
+    """
     labels = jnp.asarray(labels)
     if labels.shape == scores.shape:
         labels = jnp.argmax(labels, axis=-1)
@@ -158,18 +209,21 @@ def zero_one_loss(scores, labels):
         raise ValueError(
             f"labels of shape {labels.shape} do not fit scores of shape {scores.shape}"
         )
-    return (jnp.argmax(scores, axis=-1) != labels).astype(scores.dtype)
+    wrong = (jnp.argmax(scores, axis=-1) != labels).astype(scores.dtype)
+    return jnp.where(_in_range(labels, scores.shape[-1]), wrong, jnp.nan)
 
 
 def error_rate(scores, labels):
-    """The zero-one risk: the fraction of samples misclassified."""
+    """The zero-one risk: the fraction of samples misclassified; NaN if a label is out of range."""
     return jnp.mean(zero_one_loss(scores, labels))
 
 
 def top_k_error(scores, labels, k: int = 5):
-    """Fraction of samples whose label is not among the k highest scores (ImageNet's top-5 error, notes 002).
+    """Fraction of samples whose label is not among the k highest scores.
 
-    Ties count in the label's favour: it is in the top k when fewer than k classes score strictly higher.
+    ImageNet's top-5 error (notes 002). Ties count in the label's favour: it is in the top k when
+    fewer than k classes score strictly higher. NaN if a label is outside [0, K) (take_along_axis
+    alone would wrap -1 round to the last class and fill NaN above K - 1, which counts as a hit).
     """
     if not 1 <= k <= scores.shape[-1]:
         raise ValueError(
@@ -178,15 +232,20 @@ def top_k_error(scores, labels, k: int = 5):
     labels = jnp.asarray(labels)
     if labels.shape == scores.shape:
         labels = jnp.argmax(labels, axis=-1)
-    label_score = jnp.take_along_axis(scores, labels[..., None], axis=-1)
-    return jnp.mean((jnp.sum(scores > label_score, axis=-1) >= k).astype(scores.dtype))
+    valid = _in_range(labels, scores.shape[-1])
+    label_score = jnp.take_along_axis(scores, jnp.where(valid, labels, 0)[..., None], axis=-1)
+    missed = (jnp.sum(scores > label_score, axis=-1) >= k).astype(scores.dtype)
+    return jnp.mean(jnp.where(valid, missed, jnp.nan))
 
 
 # ---------------------------------------------------------------------------------- weight decay
 
 
 def l2_penalty(params, lam: float, mask=None):
-    """(lambda / 2) sum_j w_j^2 over the parameters (notes 004); mask: a pytree of bools choosing leaves (e.g. no biases)."""
+    """(lambda / 2) sum_j w_j^2 over the parameters (notes 004).
+
+    mask: a pytree of bools choosing the leaves (e.g. no biases).
+    """
     leaves = jax.tree_util.tree_leaves(params)
     if mask is not None:
         flags = jax.tree_util.tree_leaves(mask)
@@ -216,7 +275,10 @@ def entropy(q, unit: str = "bits", axis: int = -1):
 
 
 def binary_entropy(q, unit: str = "bits"):
-    """H(q) = -q log q - (1 - q) log(1 - q) of a Bernoulli(q) source: 1 bit at q = 1/2, 0 at q = 0 and 1."""
+    """H(q) = -q log q - (1 - q) log(1 - q) of a Bernoulli(q) source.
+
+    1 bit at q = 1/2, 0 at q = 0 and 1.
+    """
     return -(_xlogy(q, q) + _xlogy(1 - q, 1 - q)) / _log_base(unit)
 
 
@@ -242,7 +304,7 @@ class Loss(NamedTuple):
 
 
 def risk(loss, prediction, target):
-    """L_T = (1/N) sum_n l_n: the mean of a per-sample loss (a function or a `Loss`) over the batch."""
+    """L_T = (1/N) sum_n l_n: the batch mean of a per-sample loss (a function or a `Loss`)."""
     value = loss.value if isinstance(loss, Loss) else loss
     return jnp.mean(value(prediction, target))
 

@@ -1,4 +1,6 @@
-"""The notes' update rules written out, each an `optax.GradientTransformation` (chain them, use them in any optax loop).
+"""The notes' update rules written out, each an `optax.GradientTransformation`.
+
+Chain them, and use them in any optax loop.
 
 optax's convention: `update` turns gradients into updates u, and `optax.apply_updates` does
 w <- w + u. So plain gradient descent's update is u = -alpha grad.
@@ -20,13 +22,13 @@ the step count t = 0, 1, 2, ... of the update being made.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-ScalarOrSchedule = Union[float, Callable[[Any], Any]]
+ScalarOrSchedule = float | Callable[[Any], Any]
 
 
 def _at(value: ScalarOrSchedule, count):
@@ -43,9 +45,10 @@ def _need_params(name, params):
 
 
 def sutskever_momentum(t, mu_max: float = 0.99, period: int = 250):
-    """mu_t = min(1 - 2^(-1 - log2(floor(t / period) + 1)), mu_max): 0.5, 0.75, 0.833, 0.875, ... (notes' Figure 4).
+    """mu_t = min(1 - 2^(-1 - log2(floor(t / period) + 1)), mu_max) (notes' Figure 4).
 
-    Since 2^(-1 - log2 m) = 1 / (2 m), this is min(1 - 1 / (2 floor(t / 250) + 2), mu_max).
+    0.5, 0.75, 0.833, 0.875, ... Since 2^(-1 - log2 m) = 1 / (2 m), this is
+    min(1 - 1 / (2 floor(t / 250) + 2), mu_max).
     """
     m = jnp.floor_divide(t, period) + 1
     return jnp.minimum(1 - 2.0 ** (-1 - jnp.log2(m.astype(jnp.result_type(float)))), mu_max)
@@ -82,7 +85,10 @@ def sgd(learning_rate: ScalarOrSchedule) -> optax.GradientTransformation:
 def momentum(
     learning_rate: ScalarOrSchedule, mu: ScalarOrSchedule = 0.9, nesterov: bool = False
 ) -> optax.GradientTransformation:
-    """v <- mu_t v - alpha_t grad;  w <- w + v  (or w <- w + mu_t v - alpha_t grad with nesterov=True)."""
+    """v <- mu_t v - alpha_t grad;  w <- w + v.
+
+    With nesterov=True: w <- w + mu_t v - alpha_t grad.
+    """
 
     def init(params):
         return MomentumState(jnp.zeros([], jnp.int32), _tree_zeros(params))
@@ -102,7 +108,10 @@ def momentum(
 def adam(
     learning_rate: ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
 ) -> optax.GradientTransformation:
-    """Adam (notes 004): m_t = b1 m + (1-b1) g, v_t = b2 v + (1-b2) g^2, w_t = w - eta m^_t / (sqrt(v^_t) + eps)."""
+    """Adam (notes 004), with bias correction and eps outside the square root.
+
+    m_t = b1 m + (1-b1) g, v_t = b2 v + (1-b2) g^2, w_t = w - eta m^_t / (sqrt(v^_t) + eps).
+    """
 
     def init(params):
         return AdamState(jnp.zeros([], jnp.int32), _tree_zeros(params), _tree_zeros(params))
@@ -132,7 +141,9 @@ def _masked_decay(lam, params, mask, scale):
 
 
 def l2_regularization(lam: float, mask=None) -> optax.GradientTransformation:
-    """grad <- grad + lambda w: the gradient of (lambda/2) sum w^2 added to the loss. Put it before the optimizer.
+    """grad <- grad + lambda w: the gradient of (lambda/2) sum w^2 added to the loss.
+
+    Put it before the optimizer.
 
     mask: a pytree of bools like params choosing the decayed leaves (e.g. False for biases).
     """
@@ -148,7 +159,9 @@ def l2_regularization(lam: float, mask=None) -> optax.GradientTransformation:
 def decoupled_weight_decay(
     lam: float, learning_rate: ScalarOrSchedule, mask=None
 ) -> optax.GradientTransformation:
-    """update <- update - alpha_t lambda w, outside the optimizer's rescaling (Loshchilov and Hutter). Put it after.
+    """update <- update - alpha_t lambda w, outside the optimizer's rescaling.
+
+    Decoupled weight decay (Loshchilov and Hutter): put it after the optimizer.
 
     mask: a pytree of bools like params choosing the decayed leaves (e.g. False for biases).
     """

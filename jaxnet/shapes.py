@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Union
 
 import numpy as np
 
-PaddingLike = Union[str, Sequence[tuple[int, int]]]
+PaddingLike = str | Sequence[tuple[int, int]]
 PADDING_STYLES = ("same", "valid", "full")
 
 
@@ -78,8 +77,8 @@ def padding_pairs(
         per_dim = list(padding)
         if len(per_dim) != len(spatial_shape):
             raise ValueError(
-                f"explicit padding needs one (lo, hi) pair per spatial dimension ({len(spatial_shape)}), "
-                f"got {padding!r}"
+                "explicit padding needs one (lo, hi) pair per spatial dimension "
+                f"({len(spatial_shape)}), got {padding!r}"
             )
     return tuple(
         padding_pair(n, k, s, p) for n, k, s, p in zip(spatial_shape, window, strides, per_dim)
@@ -87,7 +86,10 @@ def padding_pairs(
 
 
 def output_size(n: int, k: int, s: int = 1, padding: str | tuple[int, int] = "valid") -> int:
-    """Number of outputs of a window k with stride s over n inputs: floor((n + lo + hi - k) / s) + 1."""
+    """Number of outputs of a window k with stride s over n inputs.
+
+    floor((n + lo + hi - k) / s) + 1.
+    """
     lo, hi = padding_pair(n, k, s, padding)
     span = n + lo + hi - k
     if span < 0:
@@ -138,7 +140,10 @@ def receptive_field(stack: Iterable[tuple[int, int]]) -> int:
 def conv_param_count(
     window: Sequence[int], in_channels: int, out_channels: int, bias: bool = True
 ) -> int:
-    """Parameters of a convolution: m (C k1 k2 + 1) with m = out_channels (notes 002: 34,944 for AlexNet's first layer)."""
+    """Parameters of a convolution: m (C k1 k2 + 1) with m = out_channels.
+
+    Notes 002: 34,944 for AlexNet's first layer.
+    """
     return out_channels * (in_channels * math.prod(window) + int(bias))
 
 
@@ -155,7 +160,9 @@ def param_count(params) -> int:
 
 
 def network_receptive_field(network) -> tuple[int, int]:
-    """(height, width) receptive field of one output of a jaxnet network, from its conv and pooling layers.
+    """(height, width) receptive field of one output of a jaxnet network.
+
+    From its conv and pooling layers.
 
     Point activations, flatten-free prefixes and dropout leave it unchanged; a Dense or Flatten
     layer sees everything, so the walk stops there.
@@ -173,23 +180,30 @@ def network_receptive_field(network) -> tuple[int, int]:
 
 
 def multiply_adds(network, input_shape) -> list[int]:
-    """Forward multiply-adds per example of each layer: d e for a Dense layer, H' W' k1 k2 C C' for a Conv2D, else 0.
+    """Forward multiply-adds per example of each layer.
 
-    Shapes are traced abstractly (`jax.eval_shape`), so no parameter is drawn. Training costs about
-    three times the sum (forward, weight gradients, input gradients), less the first weighted layer's
-    input gradient, which nothing needs.
+    d e for a Dense layer, H' W' k1 k2 C C' for a Conv2D, else 0. Shapes are traced abstractly
+    (`jax.eval_shape`) through each layer's own `apply`, so no parameter is drawn. Training costs
+    about three times the sum (forward, weight gradients, input gradients), less the first
+    weighted layer's input gradient, which nothing needs.
     """
     import jax
-
-    from jaxnet.layers.base import forward_with_activations
 
     layers = network.spec["layers"] if network.name == "serial" else (network,)
     params = jax.eval_shape(
         lambda key: network.init(key, tuple(input_shape))[1], jax.random.PRNGKey(0)
     )
     params = params if network.name == "serial" else (params,)
+
+    def layer_outputs(params, x):
+        outputs = []
+        for layer, p in zip(layers, params):
+            x = layer.apply(p, x, key=None)
+            outputs.append(x)
+        return outputs
+
     x = jax.ShapeDtypeStruct((1, *input_shape), "float32")
-    outputs = jax.eval_shape(lambda p, x: forward_with_activations(layers, p, x), params, x)[1:]
+    outputs = jax.eval_shape(layer_outputs, params, x)
     counts = []
     for layer, p, y in zip(layers, params, outputs):
         if layer.name == "dense":

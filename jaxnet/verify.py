@@ -34,7 +34,7 @@ DEFAULT_TOLERANCE = 1e-7
 
 @dataclasses.dataclass
 class CheckResult:
-    """One comparison of a hand-written derivative: errors against autodiff and finite differences."""
+    """One comparison of a hand-written derivative: errors against autodiff and finite steps."""
 
     name: str
     shapes: str
@@ -54,7 +54,10 @@ class CheckResult:
 
 
 def relative_error(a, b) -> float:
-    """max |a - b| / max(max |a|, max |b|), or 0 when both are all zero; inf on a shape mismatch or NaN."""
+    """max |a - b| / max(max |a|, max |b|).
+
+    0 when both are all zero; inf on a shape mismatch or NaN.
+    """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape:
         return float("inf")
@@ -67,12 +70,16 @@ def relative_error(a, b) -> float:
 def _require_x64():
     if not jax.config.jax_enable_x64:
         raise RuntimeError(
-            "derivative checks need float64: call jax.config.update('jax_enable_x64', True) before creating arrays"
+            "derivative checks need float64: call jax.config.update('jax_enable_x64', True) "
+            "before creating arrays"
         )
 
 
 def _flat(f, x):
-    """f as a map between flat vectors, and the flat point (flattened with numpy: no per-shape kernels)."""
+    """f as a map between flat vectors, and the flat point.
+
+    Flattened with numpy: no per-shape kernels.
+    """
     leaves, treedef = jax.tree_util.tree_flatten(x)
     x_flat = jnp.asarray(np.concatenate([np.ravel(np.asarray(leaf)) for leaf in leaves]))
     if not jnp.issubdtype(x_flat.dtype, jnp.floating):
@@ -96,7 +103,10 @@ def _flat(f, x):
 
 
 def jacobian_matrix(jac, out_size: int):
-    """A Jacobian in jax.jacrev's layout (out_shape + in_shape, or a pytree of such leaves) as an (out, in) matrix."""
+    """A Jacobian in jax.jacrev's layout as an (out, in) matrix.
+
+    The layout: out_shape + in_shape, or a pytree of such leaves.
+    """
     leaves = jax.tree_util.tree_leaves(jac)
     return np.concatenate([np.reshape(np.asarray(leaf), (out_size, -1)) for leaf in leaves], axis=1)
 
@@ -139,9 +149,10 @@ def finite_difference_jacobian(f: Callable, x, step: float = 1.0, levels: int = 
 def check_jacobian(
     f: Callable, jacobian, x, *, name: str = "jacobian", tolerance: float = DEFAULT_TOLERANCE
 ) -> CheckResult:
-    """Compare `jacobian` (an array, or a function of x) with jacrev, jacfwd and finite differences of f at x.
+    """Compare `jacobian` with jacrev, jacfwd and finite differences of f at x.
 
-    The Jacobian is in jax.jacrev's layout: out_shape + in_shape, a pytree of such leaves when x is a pytree.
+    `jacobian` is an array, or a function of x. It is in jax.jacrev's layout: out_shape +
+    in_shape, a pytree of such leaves when x is a pytree.
     """
     _require_x64()
     hand = jacobian(x) if callable(jacobian) else jacobian
@@ -159,14 +170,18 @@ def check_jacobian(
 def check_gradient(
     f: Callable, gradient, x, *, name: str = "gradient", tolerance: float = DEFAULT_TOLERANCE
 ) -> CheckResult:
-    """Compare `gradient` (a pytree like x, or a function of x) of the scalar f with jax.grad and finite differences."""
+    """Compare `gradient` of the scalar f with jax.grad and finite differences.
+
+    `gradient` is a pytree like x, or a function of x.
+    """
     _require_x64()
     _flat(f, x)  # validates the dtype before jax.grad's less specific error
     hand = gradient(x) if callable(gradient) else gradient
     out = jax.eval_shape(f, x)
     if out.shape != ():
         raise ValueError(
-            f"check_gradient needs a scalar function; f returns shape {out.shape}: use check_jacobian"
+            f"check_gradient needs a scalar function; f returns shape {out.shape}: "
+            "use check_jacobian"
         )
     hand_flat = np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(hand)])
     f_flat, x_flat = _flat(f, x)
@@ -182,7 +197,7 @@ def _shape_str(tree) -> str:
     return "{" + ", ".join("x".join(map(str, jnp.shape(leaf))) for leaf in leaves) + "}"
 
 
-# ------------------------------------------------------------------------------------------ the suite
+# ------------------------------------------------------------------------------------- the suite
 
 
 def _normal(rng, shape):
@@ -194,7 +209,10 @@ def _split(key):
 
 
 def _layer_checks(rng, key):
-    """Every layer's hand-written Jacobians, w.r.t. its input and its parameters, for one sample of a batch."""
+    """Every layer's hand-written Jacobians, w.r.t. its input and its parameters.
+
+    For one sample of a batch.
+    """
     from jaxnet import layers as L
 
     cases = [
@@ -240,7 +258,10 @@ def _layer_checks(rng, key):
 
 
 def _notes_layer_checks(rng, key):
-    """The notes' combined layers: dense + point activation, and ReLU + max-pooling over windows P(i)."""
+    """The notes' combined layers.
+
+    Dense + point activation, and ReLU + max-pooling over windows P(i).
+    """
     from jaxnet import activations as A
     from jaxnet import layers as L
 
@@ -460,7 +481,8 @@ def main(argv=None) -> int:
         print(format_table(results))
         print(
             f"\n{len(results) - len(failures)} passed, {len(failures)} failed "
-            f"(relative error tolerance {DEFAULT_TOLERANCE:g}, float64, seed {args.seed}, {time.perf_counter() - start:.1f} s)"
+            f"(relative error tolerance {DEFAULT_TOLERANCE:g}, float64, seed {args.seed}, "
+            f"{time.perf_counter() - start:.1f} s)"
         )
     return 1 if failures else 0
 

@@ -14,7 +14,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from jaxnet.training import xla_cpu  # noqa: E402
 
-xla_cpu.prefer_xla_convolutions()  # the XLA:CPU setting train.py uses, so the tests run what users run
+# the XLA:CPU setting train.py uses, so the tests run what users run
+xla_cpu.prefer_xla_convolutions()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -26,7 +27,10 @@ _BASE_SEED = int(os.environ.get("JAXNET_TEST_SEED", secrets.randbits(31)))
 
 
 def pytest_report_header(config):
-    return f"jaxnet test seed: JAXNET_TEST_SEED={_BASE_SEED} (jax {jax.__version__}, {jax.device_count()} devices)"
+    return (
+        f"jaxnet test seed: JAXNET_TEST_SEED={_BASE_SEED} "
+        f"(jax {jax.__version__}, {jax.device_count()} devices)"
+    )
 
 
 @pytest.fixture

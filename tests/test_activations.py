@@ -1,4 +1,6 @@
-"""Tests of jaxnet.activations: hand-written derivatives, ReLU conventions, soft-max and its Jacobians.
+"""Tests of jaxnet.activations.
+
+Hand-written derivatives, ReLU conventions, soft-max and its Jacobians.
 
 References: jax.grad / jax.jacrev, jax.nn, scipy.special, central finite differences in float64,
 and the numbers of the notes' worked exercise (004). Random inputs come from a numpy generator
@@ -41,7 +43,7 @@ def random_shape(rng, max_rank=3, max_size=7):
 
 
 def points_away_from_kink(rng, shape, scale=4.0, gap=1e-2):
-    """Uniform points with gap <= |a| <= scale + gap, so a finite-difference step never crosses 0."""
+    """Uniform points with gap <= |a| <= scale + gap: a finite-difference step never crosses 0."""
     u = rng.uniform(-scale, scale, size=shape)
     return np.where(u >= 0, 1.0, -1.0) * (gap + np.abs(u))
 
@@ -172,7 +174,8 @@ def test_sigmoid_derivative_saturated_matches_asymptote():
 
 
 def test_grad_through_saturated_sigmoid_and_tanh_keeps_relative_precision():
-    # jaxnet's sigmoid and tanh are custom_jvps using the derivatives above, so jax.grad is exact on both sides.
+    # jaxnet's sigmoid and tanh are custom_jvps using the derivatives above, so jax.grad is exact
+    # on both sides.
     e = np.exp(-np.abs(SATURATED))
     np.testing.assert_allclose(
         elementwise_grad(A.sigmoid, SATURATED), e / (1 + e) ** 2, rtol=1e-12, atol=0
@@ -181,13 +184,17 @@ def test_grad_through_saturated_sigmoid_and_tanh_keeps_relative_precision():
     np.testing.assert_allclose(
         elementwise_grad(A.tanh, SATURATED), 4 * e2 / (1 + e2) ** 2, rtol=1e-12, atol=0
     )
-    # JAX's own gradients cancel to exactly 0 at a = +40 (sigmoid) and |a| = 20 (tanh): the reason for the custom_jvps.
+    # JAX's own gradients cancel to exactly 0 at a = +40 (sigmoid) and |a| = 20 (tanh): the reason
+    # for the custom_jvps.
     assert elementwise_grad(jax.nn.sigmoid, np.array([40.0]))[0] == 0.0
     assert elementwise_grad(jnp.tanh, np.array([20.0]))[0] == 0.0
 
 
 def test_tanh_derivative_saturated_matches_asymptote():
-    """tanh'(a) = 1 / cosh(a)^2 = 4 e^-2|a| / (1 + e^-2|a|)^2, even in a; representable down to ~1e-308."""
+    """tanh'(a) = 1 / cosh(a)^2 = 4 e^-2|a| / (1 + e^-2|a|)^2, even in a.
+
+    Representable down to ~1e-308.
+    """
     d = call(A.tanh_derivative, SATURATED)
     assert np.all(np.isfinite(d))
     e = np.exp(-2 * np.abs(SATURATED))
@@ -367,5 +374,6 @@ def test_notes_worked_exercise():
     np.testing.assert_array_equal(
         np.round(call(A.log_softmax_jacobian, z)[1], 2), [-0.09, 0.76, -0.67]
     )
-    # "the correct class (2) is pushed up, while the incorrect class with the highest activation (3) is pushed down the most"
+    # "the correct class (2) is pushed up, while the incorrect class with the highest activation
+    # (3) is pushed down the most"
     assert int(np.argmax(grad)) == 1 and int(np.argmin(grad)) == 2

@@ -1,4 +1,7 @@
-"""Algorithm 1 and its batched form against jax.grad of the risk, on random MLPs and CNNs, and against finite differences."""
+"""Algorithm 1 and its batched form against jax.grad of the risk and finite differences.
+
+On random MLPs and CNNs.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -123,7 +126,8 @@ def test_probability_outputs_against_finite_differences(output_layer, loss, key)
 
 
 def test_cross_entropy_after_softmax_gives_p_minus_q_at_the_logits(key):
-    # Back-propagating -q/p through the soft-max Jacobian must give p - q (notes 004), even when written as two layers.
+    # Back-propagating -q/p through the soft-max Jacobian must give p - q (notes 004), even when
+    # written as two layers.
     z = 3 * jax.random.normal(key, (5, 4))
     labels = jax.random.randint(key, (5,), 0, 4)
     _, g_z = L.Softmax.vjp((), z, losses.cross_entropy_derivative(A.softmax(z), labels))
@@ -141,7 +145,8 @@ def test_relu_exactly_at_zero_follows_the_notes_in_both_autodiff_and_backprop():
     ref = jax.grad(lambda p: losses.risk(loss, net.apply(p, x), y))(params)
     _assert_trees_close(backprop.backprop(net, params, x, y, loss), ref, 1e-12)
     _assert_trees_close(backprop.backprop_batched(net, params, x, y, loss), ref, 1e-12)
-    # With the notes' rule the conv bias receives gradient through the "active" units; JAX's relu would block it.
+    # With the notes' rule the conv bias receives gradient through the "active" units; JAX's relu
+    # would block it.
     assert float(jnp.max(jnp.abs(ref[0]["b"]))) > 0
 
     def jax_relu_risk(p):

@@ -1,17 +1,30 @@
-"""jaxnet.data: real Fashion-MNIST from the Debian package, IDX / CIFAR-10 / TFDS files written here, digits, synthetic."""
+"""jaxnet.data: real Fashion-MNIST, files written here, digits, synthetic, and the label checks.
+
+Fashion-MNIST comes from the Debian package; the IDX, CIFAR-10 and TFDS files are written here.
+"""
 
 import gzip
 import json
 import os
+import re
 import socket
 import time
+from types import SimpleNamespace
 
 import jax
 import numpy as np
 import pytest
 
 from jaxnet import data
-from jaxnet.data import DATASETS, DatasetNotFoundError, Split, load_dataset, parse_idx, read_idx
+from jaxnet.data import (
+    DATASETS,
+    Dataset,
+    DatasetNotFoundError,
+    Split,
+    load_dataset,
+    parse_idx,
+    read_idx,
+)
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 APT_HINT = "apt-get install dataset-fashion-mnist (CI installs it)"
@@ -74,7 +87,10 @@ def write_mnist_dir(
 
 
 def rows(split, scale=255):
-    """Each example as one byte string (label, then pixels), sorted: a Split (or uint8 images, labels) as a multiset."""
+    """Each example as one byte string (label, then pixels), sorted.
+
+    A Split (or uint8 images, labels) as a multiset.
+    """
     images, labels = (
         (np.rint(split.images * scale), split.labels) if isinstance(split, Split) else split
     )
@@ -107,7 +123,7 @@ def empty_tfds_dir(tmp_path, monkeypatch):
     return str(folder)
 
 
-# ------------------------------------------------------------------------------------ real Fashion-MNIST (Debian)
+# --------------------------------------------------------------------- real Fashion-MNIST (Debian)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +210,7 @@ def test_fashion_mnist_split_depends_on_the_seed_only(fashion, empty_tfds_dir):
     assert (rows(other.validation) != rows(d.validation)).any()
 
 
-# ------------------------------------------------------------------------------------------------------ IDX files
+# --------------------------------------------------------------------------------------- IDX files
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
@@ -254,14 +270,16 @@ def test_mnist_from_a_user_data_dir(tmp_path, key, no_network):
         )
         == rows(train)
     ).all()
-    # order: the prepared TFDS data in data_dir first, then the IDX files; the second line names the one used
+    # order: the prepared TFDS data in data_dir first, then the IDX files; the second line names
+    # the one used
     assert d.tried == (
-        f"TFDS prepared data in {folder}: skipped, no prepared mnist (no mnist/<version>/dataset_info.json)",
+        f"TFDS prepared data in {folder}: skipped, "
+        "no prepared mnist (no mnist/<version>/dataset_info.json)",
         f"IDX files in {folder}: used",
     )
-    assert (
-        lines[0]
-        == f"mnist: sources in order: 1) TFDS prepared data in {folder}; 2) IDX files in {folder}; 3) IDX files in {folder}/mnist"
+    assert lines[0] == (
+        f"mnist: sources in order: 1) TFDS prepared data in {folder}; 2) IDX files in {folder}; "
+        f"3) IDX files in {folder}/mnist"
     )
     assert len(lines) == 2 and lines[1].startswith(
         f"mnist: using IDX files in {folder}: 9 train + 3 validation"
@@ -292,12 +310,18 @@ def test_idx_files_in_data_dir_subfolder_with_dotted_names(tmp_path, key):
 
 
 def test_inconsistent_idx_files_raise_naming_the_file(tmp_path, key):
-    train, test = tiny_mnist(np.random.default_rng(seed_from(key)))
-    folder = write_mnist_dir(
-        tmp_path / "labels", train, (test[0], np.array([0, 1, 10, 2, 3], np.uint8))
-    )
-    with pytest.raises(ValueError, match=f"{folder}/t10k-labels-idx1-ubyte: label 10 out of range"):
+    rng = np.random.default_rng(seed_from(key))
+    train, test = tiny_mnist(rng)
+    labels = test[1].copy()
+    first, value = int(rng.integers(len(labels))), int(rng.integers(10, 256))
+    labels[first], labels[first:][1:] = value, rng.integers(10, 256, len(labels) - first - 1)
+    folder = write_mnist_dir(tmp_path / "labels", train, (test[0], labels))
+    with pytest.raises(ValueError) as error:
         load_dataset("mnist", data_dir=folder, log=None)
+    assert str(error.value) == (
+        f"{folder}/t10k-labels-idx1-ubyte: labels[{first}] = {value} is out of range: "
+        "expected integers in [0, 10)"
+    )
     folder = write_mnist_dir(tmp_path / "counts", train, (test[0], test[1][:4]))
     with pytest.raises(
         ValueError,
@@ -360,7 +384,7 @@ def test_missing_fashion_mnist_and_cifar10_say_how_to_get_them(
     )
 
 
-# ------------------------------------------------------------------------------------------- CIFAR-10 and TFDS
+# ------------------------------------------------------------------------------- CIFAR-10 and TFDS
 
 
 def test_cifar10_binary_batches(tmp_path, key):
@@ -374,17 +398,29 @@ def test_cifar10_binary_batches(tmp_path, key):
     assert (len(d.train), len(d.test)) == (10, 2)
     first = records["data_batch_1.bin"][0]
     assert d.train.labels[0] == first[0]
-    assert (
-        d.train.images[0, 0, 1] * 255 == first[[1 + 1, 1 + 1024 + 1, 1 + 2048 + 1]]
-    ).all()  # row 0, column 1: R, G, B
+    row_0_column_1 = first[[1 + 1, 1 + 1024 + 1, 1 + 2048 + 1]]  # R, G, B
+    assert (d.train.images[0, 0, 1] * 255 == row_0_column_1).all()
     assert (d.test.labels == records["test_batch.bin"][:, 0]).all()
+    name = str(rng.choice(data.CIFAR10_FILES))
+    index, value = int(rng.integers(2)), int(rng.integers(10, 256))
+    records[name][index, 0] = value
+    (tmp_path / name).write_bytes(records[name].tobytes())
+    with pytest.raises(ValueError) as error:
+        load_dataset("cifar10", data_dir=str(tmp_path), log=None)
+    assert str(error.value) == (
+        f"{tmp_path}/{name}: labels[{index}] = {value} is out of range: "
+        "expected integers in [0, 10)"
+    )
     (tmp_path / "test_batch.bin").write_bytes(b"\x00" * 3000)
     with pytest.raises(ValueError, match=f"{tmp_path}/test_batch.bin: not a CIFAR-10 binary batch"):
         load_dataset("cifar10", data_dir=str(tmp_path), log=None)
 
 
 def prepare_tfds_mnist(data_dir, train, test):
-    """A tiny 'mnist' prepared by TFDS in the array_record format, without TensorFlow or network access."""
+    """A tiny 'mnist' prepared by TFDS in the array_record format.
+
+    Without TensorFlow or network access.
+    """
     tfds = pytest.importorskip("tensorflow_datasets")
     image_lib = pytest.importorskip(
         "PIL.Image", reason="pip install pillow: TFDS decodes images with it"
@@ -448,7 +484,7 @@ def test_prepared_tfds_data_comes_first(tmp_path, key, no_network):
     )
 
 
-# -------------------------------------------------------------------------------------------- digits and synthetic
+# ---------------------------------------------------------------------------- digits and synthetic
 
 
 def test_digits_from_scikit_learn(key):
@@ -533,13 +569,14 @@ def test_synthetic_is_deterministic_shaped_and_learnable(key):
     assert (predicted == d.test.labels).mean() > 0.9  # nearest class mean
 
 
-# ------------------------------------------------------------------------------------------------- bad arguments
+# ----------------------------------------------------------------------------------- bad arguments
 
 
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(
         ValueError,
-        match="unknown dataset 'imagenet': use one of mnist, fashion_mnist, cifar10, digits, synthetic",
+        match="unknown dataset 'imagenet': "
+        "use one of mnist, fashion_mnist, cifar10, digits, synthetic",
     ):
         load_dataset("imagenet")
     assert DATASETS == ("mnist", "fashion_mnist", "cifar10", "digits", "synthetic")
@@ -552,7 +589,8 @@ def test_bad_arguments_raise_clear_errors():
     for too_many in (100, 1000, 0.999):
         with pytest.raises(
             ValueError,
-            match=rf"validation_size={too_many} .* a count 0 <= n < 100 \(the training split's size\)",
+            match=rf"validation_size={too_many} .* "
+            r"a count 0 <= n < 100 \(the training split's size\)",
         ):
             load_dataset("synthetic", validation_size=too_many, **small)
     assert len(load_dataset("synthetic", validation_size=99, **small).train) == 1
@@ -569,3 +607,140 @@ def test_bad_arguments_raise_clear_errors():
         Split(np.zeros((3, 2, 2, 1)), np.zeros(2))
     split = Split(np.zeros((3, 2, 2, 1)), [0, 1, 2])
     assert split.images.dtype == np.float32 and split.labels.dtype == np.int32 and len(split) == 3
+
+
+# ------------------------------------------------------------------------ labels where data enters
+
+
+def toy_splits(rng, k, shape=(3, 2, 1)):
+    """Train, validation and test Splits of random sizes with labels in [0, k)."""
+
+    def split(n):
+        return Split(rng.random((n, *shape)), rng.integers(0, k, n))
+
+    return {name: split(int(rng.integers(3, 40))) for name in data._SPLITS}
+
+
+def out_of_range(rng, k, kind):
+    return {
+        "num_classes": k,
+        "minus_one": -1,
+        "far_above": int(rng.integers(k + 1, 2**31 - 1)),
+        "far_below": -int(rng.integers(2, 2**31)),
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["num_classes", "minus_one", "far_above", "far_below"])
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_a_dataset_refuses_labels_out_of_range(key, split, kind):
+    rng = np.random.default_rng(seed_from(key))
+    k = int(rng.integers(2, 12))
+    splits = toy_splits(rng, k)
+    labels = splits[split].labels.copy()
+    index = int(rng.integers(len(labels)))
+    value = out_of_range(rng, k, kind)
+    labels[index] = value
+    labels[index + 1 :] = rng.integers(k, 2 * k + 1, len(labels) - index - 1)  # later bad ones
+    splits[split] = Split(splits[split].images, labels)  # a Split does not know k: it accepts them
+    with pytest.raises(ValueError) as error:
+        Dataset("toy", "built in the test", (), num_classes=k, **splits)
+    assert str(error.value) == (
+        f"Dataset 'toy': {split} labels[{index}] = {value} is out of range: "
+        f"expected integers in [0, {k})"
+    )
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_float_and_bool_labels_are_refused_not_truncated(key, split):
+    rng = np.random.default_rng(seed_from(key))
+    k = int(rng.integers(2, 12))
+    splits = toy_splits(rng, k)
+    images, labels = splits[split].images, splits[split].labels
+    floats = labels.astype(np.float64)
+    index = int(rng.integers(len(labels)))
+    floats[index] += float(rng.uniform(0.05, 0.95))  # 1.7 would have become 1
+    floats[index + 1 :] += 0.5
+    with pytest.raises(ValueError) as error:
+        Split(images, floats)
+    assert str(error.value) == (
+        f"Split labels[{index}] = {floats[index].item()!r} has dtype float64: "
+        "expected integer class indices"
+    )
+    whole = labels.astype(np.float32)  # whole numbers too: the dtype says these are not classes
+    with pytest.raises(
+        ValueError, match=re.escape(f"Split labels[0] = {whole[0].item()!r} has dtype float32")
+    ):
+        Split(images, whole)
+    bools = rng.integers(0, 2, len(labels)).astype(bool)
+    with pytest.raises(ValueError) as error:
+        Split(images, bools)
+    assert str(error.value) == (
+        f"Split labels[0] = {bool(bools[0])} has dtype bool: expected integer class indices"
+    )
+    # a split given as any object with images and labels becomes a Split, and its errors name it
+    for bad, first in [(floats, index), (bools, 0)]:
+        splits[split] = SimpleNamespace(images=images, labels=bad)
+        with pytest.raises(ValueError) as error:
+            Dataset("toy", "built in the test", (), num_classes=k, **splits)
+        assert str(error.value) == (
+            f"Dataset 'toy': {split} labels[{first}] = {bad[first].item()!r} has dtype "
+            f"{bad.dtype}: expected integers in [0, {k})"
+        )
+    splits[split] = SimpleNamespace(images=images, labels=labels.astype(np.uint8))
+    d = Dataset("toy", "built in the test", (), num_classes=k, **splits)
+    assert isinstance(getattr(d, split), Split) and getattr(d, split).labels.dtype == np.int32
+
+
+def test_integer_labels_are_cast_to_int32_once_they_fit(key):
+    rng = np.random.default_rng(seed_from(key))
+    images = rng.random((int(rng.integers(3, 30)), 2, 2, 1))
+    labels = rng.integers(0, 10, len(images))
+    for dtype in ("i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8"):
+        split = Split(images, labels.astype(dtype))
+        assert split.labels.dtype == np.int32 and (split.labels == labels).all()
+    index = int(rng.integers(len(images)))
+    for value, dtype in [(2**31, "i8"), (-(2**31) - 1, "i8"), (2**32 + 3, "u8"), (2**31, "u4")]:
+        wide = labels.astype(dtype)
+        wide[index] = value  # int32 would wrap it round into range
+        with pytest.raises(ValueError) as error:
+            Split(images, wide)
+        assert str(error.value) == (
+            f"Split labels[{index}] = {value} does not fit in int32: expected integer class indices"
+        )
+
+
+def test_images_must_be_finite_real_numbers(key):
+    rng = np.random.default_rng(seed_from(key))
+    images = rng.random((int(rng.integers(2, 20)), 3, 4, 2))
+    labels = np.zeros(len(images), np.int32)
+    where = tuple(int(rng.integers(n)) for n in images.shape)
+    for value in (np.nan, np.inf, -np.inf, 1e39):  # 1e39 is beyond float32
+        bad = images.copy()
+        bad[where] = value
+        with pytest.raises(ValueError) as error:
+            Split(bad, labels)
+        assert str(error.value) == (
+            f"Split images[{', '.join(map(str, where))}] = {value} is not a finite float32: "
+            "expected finite real numbers"
+        )
+    for bad in (images.astype(complex), images.astype(str), images.astype(object)):
+        with pytest.raises(
+            ValueError, match=f"Split images have dtype {re.escape(str(bad.dtype))}"
+        ):
+            Split(bad, labels)
+    split = Split((images * 255).astype(np.uint8), labels)  # any real dtype is cast to float32
+    assert split.images.dtype == np.float32
+    assert Split(np.zeros((0, 2, 2, 1)), []).labels.dtype == np.int32  # np.asarray([]): float64
+
+
+def test_loaded_datasets_pass_the_checks_and_bad_num_classes_is_refused(key):
+    d = load_dataset(
+        "synthetic", seed=seed_from(key), synthetic_classes=3, synthetic_size=(60, 9), log=None
+    )
+    for split in (d.train, d.validation, d.test):
+        assert split.labels.dtype == np.int32 and 0 <= split.labels.min() <= split.labels.max() < 3
+    for bad in (0, -1, 2.0, True, "10"):
+        with pytest.raises(ValueError, match=rf"Dataset 'synthetic': num_classes={bad!r} is not"):
+            Dataset(d.name, d.source, d.tried, d.train, d.validation, d.test, bad)
+    with pytest.raises(TypeError, match="Dataset 'synthetic': test is a tuple: expected a Split"):
+        Dataset(d.name, d.source, d.tried, d.train, d.validation, (d.test.images, d.test.labels), 3)

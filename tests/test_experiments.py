@@ -1,4 +1,7 @@
-"""experiments/: each experiment in its reduced (--quick) form, asserting its key numbers against the notes'."""
+"""experiments/: each experiment in its reduced (--quick) form.
+
+Each asserts its key numbers against the notes'.
+"""
 
 import json
 import os

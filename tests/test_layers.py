@@ -1,4 +1,7 @@
-"""Each layer's forward pass against a reference, and its hand-written Jacobians and vjp against autodiff and finite differences."""
+"""Each layer's forward pass against a reference.
+
+And its hand-written Jacobians and vjp against autodiff and finite differences.
+"""
 
 import flax.linen as nn
 import jax
@@ -89,7 +92,7 @@ def test_every_layer_vjp_matches_jax_vjp_and_its_own_jacobians(key):
             jax.tree_util.tree_leaves(hand_params), jax.tree_util.tree_leaves(ref_params)
         ):
             assert relative_error(a, b) < 1e-12, name
-        # The vjp is the row vector g times the local Jacobians, summed over the batch (equation (2)).
+        # The vjp is the row vector g times the local Jacobians, summed over the batch (eq. (2)).
         assert relative_error(hand_x[0], jnp.tensordot(g[0], J_x, axes=g.ndim - 1)) < 1e-12, name
 
 
@@ -170,7 +173,8 @@ def test_dense_activation_jacobian_with_saturated_sigmoid():
     )  # sigma'(+-40) = 4.2e-18, well inside float64's range
     np.testing.assert_allclose(J_x[:, 0], [40 * exact, -40 * exact], rtol=1e-14)
     np.testing.assert_allclose(J_w["b"], np.diag([exact, exact]), rtol=1e-14)
-    # jax.grad of jax.nn.sigmoid computes s (1 - s), which rounds to 0 at a = +40: it agrees only in absolute terms.
+    # jax.grad of jax.nn.sigmoid computes s (1 - s), which rounds to 0 at a = +40: it agrees only in
+    # absolute terms.
     ref = jax.jacrev(lambda x_: A.sigmoid(params["W"] @ x_ + params["b"]))(x)
     np.testing.assert_allclose(J_x, ref, rtol=0, atol=1e-15)
 
@@ -203,7 +207,10 @@ def test_max_pool_ties_go_to_the_first_input_in_row_major_order():
 
 
 def xla_max_pool(x, k, s, padding):
-    """Max-pooling by lax.reduce_window alone, whose jax.grad is XLA's select_and_scatter: an independent reference."""
+    """Max-pooling by lax.reduce_window alone, whose jax.grad is XLA's select_and_scatter.
+
+    An independent reference.
+    """
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, s, s, 1), padding)
 
 
@@ -217,7 +224,8 @@ def test_max_pool_derivatives_match_xla_with_random_ties(k, s, padding, key):
     np.testing.assert_array_equal(layer.apply((), x), xla_max_pool(x, k, s, padding.upper()))
     g = jax.random.normal(key, layer.apply((), x).shape)
     ref = jax.vjp(lambda v: xla_max_pool(v, k, s, padding.upper()), x)[1](g)[0]
-    # An input that wins several overlapping windows sums their g's, in another order than XLA: atol for cancellation.
+    # An input that wins several overlapping windows sums their g's, in another order than XLA:
+    # atol for cancellation.
     np.testing.assert_allclose(
         layer.vjp((), x, g)[1], ref, rtol=1e-14, atol=1e-14
     )  # the hand-written vjp
@@ -255,8 +263,8 @@ def test_relu_maxpool_notes_jacobian_with_ties_and_zero_activations(key):
     W = W.at[4].set(W[3])  # units 3 and 4 compute the same activation: an exact max-pooling tie
     x = jax.random.normal(k2, (3,))
     a = W @ x
-    # Biases chosen so that: unit 0 sits at a = 0 (x + (-x) is exactly 0), units 1 and 2 are negative (ReLU ties at 0),
-    # units 3 and 4 tie at the same positive activation.
+    # Biases chosen so that: unit 0 sits at a = 0 (x + (-x) is exactly 0), units 1 and 2 are
+    # negative (ReLU ties at 0), units 3 and 4 tie at the same positive activation.
     b = jnp.array(
         [-a[0], -1.0 - a[1], -2.0 - a[2], 1.5 - a[3], 1.5 - a[3], 0.7 - a[5]]
     )  # a_3 = a_4 bit for bit
@@ -268,11 +276,14 @@ def test_relu_maxpool_notes_jacobian_with_ties_and_zero_activations(key):
     np.testing.assert_allclose(J_x, ref_x, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(J_w["W"], ref_w["W"], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(J_w["b"], ref_w["b"], rtol=1e-12, atol=1e-12)
-    # Window [1, 2, 0]: all ReLU outputs tie at 0; the first listed (unit 1, a < 0) wins: derivative 0.
+    # Window [1, 2, 0]: all ReLU outputs tie at 0; the first listed (unit 1, a < 0) wins:
+    # derivative 0.
     np.testing.assert_array_equal(J_x[0], 0)
-    # Window [0, 1, 2]: unit 0 (a = 0 exactly) wins; the notes' ReLU rule gives derivative 1, so d x / d x_prev = W_0.
+    # Window [0, 1, 2]: unit 0 (a = 0 exactly) wins; the notes' ReLU rule gives derivative 1, so
+    # d x / d x_prev = W_0.
     np.testing.assert_allclose(J_x[1], W[0], rtol=1e-14)
-    # Windows [3, 4, 5] and [5, 4, 3]: units 3 and 4 tie; the first listed wins, as d x / d b's delta shows.
+    # Windows [3, 4, 5] and [5, 4, 3]: units 3 and 4 tie; the first listed wins, as d x / d b's
+    # delta shows.
     np.testing.assert_array_equal(J_w["b"][2], jnp.eye(6)[3])
     np.testing.assert_array_equal(J_w["b"][3], jnp.eye(6)[4])
     np.testing.assert_allclose(

@@ -1,9 +1,12 @@
-"""Tests of jaxnet.losses: per-sample losses and their derivatives, information measures, error rates,
-weight decay, the risk, argument checking, and the notes' 80/20 example (004, question 3).
+"""Tests of jaxnet.losses.
 
-References: jax.grad, central finite differences in float64, optax.losses, scipy.special / scipy.stats,
-numpy, and the notes' analytic results. Random inputs come from a numpy generator seeded by the
-test's `key`; the code under test runs under jax.jit to keep the suite fast on CPU.
+Per-sample losses and their derivatives, information measures, error rates, weight decay, the
+risk, out-of-range class indices, argument checking, and the notes' 80/20 example (004,
+question 3).
+
+References: jax.grad, central finite differences in float64, optax.losses, scipy.special /
+scipy.stats, numpy, and the notes' analytic results. Random inputs come from a numpy generator
+seeded by the test's `key`; the code under test runs under jax.jit to keep the suite fast on CPU.
 """
 
 import functools
@@ -47,9 +50,10 @@ def grad_of_sum(f, x, t, **kw):
 
 
 def finite_differences(f, x, t, steps, **kw):
-    """Five-point central differences of the per-sample loss (error O(h^4)), one coordinate of every sample at a time.
+    """Five-point central differences of the per-sample loss (error O(h^4)).
 
-    Each l_n depends only on row n, so perturbing coordinate j of all rows at once gives d l_n / d x_nj.
+    One coordinate of every sample at a time: each l_n depends only on row n, so perturbing
+    coordinate j of all rows at once gives d l_n / d x_nj.
     `steps` has x's shape: a step per entry (smaller next to the singularities of log p).
     """
     x = np.asarray(x, dtype=np.float64)
@@ -154,7 +158,7 @@ def test_derivative_matches_finite_differences(key, name, kind, kw):
     np.testing.assert_allclose(call(loss.derivative, x, t, **kw), fd, rtol=1e-7, atol=1e-9)
 
 
-# ------------------------------------------------------------------------- values against references
+# ----------------------------------------------------------------------- values against references
 
 
 @pytest.mark.parametrize("scale", [0.5, 1.0])
@@ -520,7 +524,8 @@ def test_top_k_error_against_numpy(key):
 
 def test_top_k_error_ties_count_for_the_label():
     scores = np.array([[5.0, 2.0, 2.0, 2.0, 1.0]])
-    # label 3 ties with classes 1 and 2: only one class (0) scores strictly higher, so it is in the top 2
+    # label 3 ties with classes 1 and 2: only one class (0) scores strictly higher, so it is in the
+    # top 2
     assert call(L.top_k_error, scores, np.array([3]), k=2) == 0.0
     assert call(L.top_k_error, scores, np.array([3]), k=1) == 1.0
     assert call(L.top_k_error, scores, np.array([4]), k=4) == 1.0
@@ -601,6 +606,81 @@ def test_risk_is_the_batch_mean(key):
     )
 
 
+# ---------------------------------------------------------------------- out-of-range class indices
+
+
+def bad_label_case(rng):
+    """Logits (n, k), labels with k at one random index and -1 at another, and the bad indices."""
+    n, k = int(rng.integers(4, 10)), int(rng.integers(2, 7))
+    z = rng.normal(size=(n, k)) * 3
+    y = rng.integers(0, k, size=n)
+    high, low = rng.choice(n, 2, replace=False)
+    y[high], y[low] = k, -1
+    bad = np.zeros(n, bool)
+    bad[[high, low]] = True
+    return z, y, bad
+
+
+CLASS_INDEX_LOSSES = [
+    (L.cross_entropy, True),
+    (L.cross_entropy_from_logits, False),
+    (L.cross_entropy_derivative, True),
+    (L.cross_entropy_from_logits_derivative, False),
+    (L.zero_one_loss, False),
+]
+
+
+@pytest.mark.parametrize("f,on_probs", CLASS_INDEX_LOSSES, ids=lambda v: getattr(v, "__name__", ""))
+def test_out_of_range_labels_give_nan_for_that_sample_only(key, f, on_probs):
+    z, y, bad = bad_label_case(rng_from(key))
+    x = scipy.special.softmax(z, axis=-1) if on_probs else z
+    good_y = np.where(bad, 0, y)
+    for got in (np.asarray(f(jnp.asarray(x), jnp.asarray(y))), call(f, x, y)):  # eager, jit
+        assert got.shape[0] == len(y)
+        per_sample = got.reshape(len(y), -1)
+        assert np.isnan(per_sample[bad]).all(), got
+        expected = call(f, x, good_y).reshape(len(y), -1)[~bad]
+        np.testing.assert_allclose(per_sample[~bad], expected, rtol=1e-13, atol=1e-15)
+        assert np.isfinite(per_sample[~bad]).all()
+
+
+def test_out_of_range_labels_keep_the_gradients_of_the_other_samples_finite(key):
+    z, y, bad = bad_label_case(rng_from(key))
+    for f, x in [
+        (L.cross_entropy_from_logits, z),
+        (L.cross_entropy, scipy.special.softmax(z, axis=-1)),
+    ]:
+        loss = call(f, x, y)
+        assert np.isnan(loss[bad]).all() and np.isfinite(loss[~bad]).all()
+        g = grad_of_sum(f, x, y)
+        assert np.isfinite(g[~bad]).all() and np.isnan(g[bad]).all()
+        expected = grad_of_sum(f, x, np.where(bad, 0, y))[~bad]
+        np.testing.assert_allclose(g[~bad], expected, rtol=1e-13, atol=1e-15)
+        risk = jax.jit(lambda x, y, f=f: L.risk(f, x, y))(jnp.asarray(x), jnp.asarray(y))
+        assert np.isnan(risk)  # what a trainer's non-finite check sees
+
+
+def test_out_of_range_labels_make_the_error_rates_nan(key):
+    z, y, bad = bad_label_case(rng_from(key))
+    k = z.shape[1]
+    assert np.isnan(call(L.error_rate, z, y))
+    for top in range(1, k + 1):
+        assert np.isnan(call(L.top_k_error, z, y, k=top))
+        assert np.isnan(L.top_k_error(jnp.asarray(z), jnp.asarray(y), k=top))
+    good = ~bad
+    np.testing.assert_allclose(
+        call(L.top_k_error, z[good], y[good], k=1), call(L.error_rate, z[good], y[good]), rtol=0
+    )
+
+
+def test_as_distribution_of_out_of_range_labels_is_a_nan_row():
+    q = np.asarray(L.as_distribution(jnp.array([0, 3, -1, 2]), jnp.zeros((4, 3))))
+    np.testing.assert_array_equal(q[[0, 3]], [[1, 0, 0], [0, 0, 1]])
+    assert np.isnan(q[[1, 2]]).all()
+    small = jnp.array([0, 255], jnp.uint8)  # no uint8 reaches 300 classes: every label is valid
+    assert np.isfinite(L.as_distribution(small, jnp.zeros((2, 300)))).all()
+
+
 # ------------------------------------------------------------------------- argument checking
 
 
@@ -656,7 +736,7 @@ def test_unknown_unit_is_rejected(f, args):
         f(*args, unit="furlongs")
 
 
-# ------------------------------------------------------------------------- notes 004, question 3: the 80/20 case
+# ----------------------------------------------------------- notes 004, question 3: the 80/20 case
 
 
 TARGETS_80_20 = np.concatenate([np.ones(80), np.zeros(20)])
@@ -668,7 +748,10 @@ TARGETS_80_20 = np.concatenate([np.ones(80), np.zeros(20)])
     ids=["quadratic", "binary_cross_entropy"],
 )
 def test_80_20_case_converges_to_0_8(key, loss, lr):
-    """One input repeated 100 times, 80 targets 1 and 20 targets 0: the trained output is 0.8 under both losses."""
+    """One input repeated 100 times, 80 targets 1 and 20 targets 0.
+
+    The trained output is 0.8 under both losses.
+    """
     t = jnp.asarray(TARGETS_80_20)
 
     def mean_loss(s):
@@ -685,7 +768,10 @@ def test_80_20_case_converges_to_0_8(key, loss, lr):
 
 
 def test_80_20_stationary_point_is_0_8():
-    """dE/dz = 100 z - 80 (sum squared error) and (100 z - 80) / (z (1 - z)) (cross-entropy): zero at z = 0.8."""
+    """dE/dz = 100 z - 80 (sum squared error) and (100 z - 80) / (z (1 - z)) (cross-entropy).
+
+    Both are zero at z = 0.8.
+    """
     t = jnp.asarray(TARGETS_80_20)
 
     grads = {

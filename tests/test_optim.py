@@ -1,4 +1,6 @@
-"""Tests of jaxnet.optim: the notes' update rules (000 Sec. 4, 004) against optax and against the equations.
+"""Tests of jaxnet.optim: the notes' update rules (000 Sec. 4, 004).
+
+Against optax and against the equations.
 
 Every trajectory is run for 100 steps under jit (lax.scan) in float64 on two problems built from
 fresh random numbers: a small MLP from jaxnet.layers with the cross-entropy risk, and an
@@ -42,7 +44,10 @@ def mlp_problem(key):
 
 
 def quadratic_problem(key, condition=1e3):
-    """L(w) = (1/2) (w - c)^T A (w - c) with A = Q diag(lambda) Q^T, lambda from 1/condition to 1, on a two-leaf pytree."""
+    """L(w) = (1/2) (w - c)^T A (w - c) with A = Q diag(lambda) Q^T, on a two-leaf pytree.
+
+    lambda runs from 1/condition to 1.
+    """
     k_q, k_c, k_u, k_v = jax.random.split(key, 4)
     q, _ = jnp.linalg.qr(jax.random.normal(k_q, (12, 12)))
     eigenvalues = jnp.logspace(-math.log10(condition), 0.0, 12)
@@ -61,7 +66,10 @@ PROBLEMS = {"mlp": mlp_problem, "quadratic": quadratic_problem}
 
 
 def trajectory(opt, loss, params, steps=STEPS):
-    """Parameters after steps 1..steps (leading axis) of w <- optax.apply_updates(w, update(grad L(w)))."""
+    """Parameters after steps 1..steps (leading axis).
+
+    Each step is w <- optax.apply_updates(w, update(grad L(w))).
+    """
 
     def step(carry, _):
         p, state = carry
@@ -94,7 +102,10 @@ def max_relative_difference(path, reference):
 
 
 def assert_same_trajectory(path, reference, rtol=RTOL):
-    """Same parameters after every step, to rtol of each leaf's magnitude; also that the parameters moved."""
+    """Same parameters after every step, to rtol of each leaf's magnitude.
+
+    Also that the parameters moved.
+    """
     diff = max_relative_difference(path, reference)
     print(f"max relative difference over {STEPS} steps: {diff:.3e}")
     assert diff <= rtol, diff
@@ -191,7 +202,10 @@ SCHEDULES = {
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_schedule_equals_optax(key, name, schedule):
-    """optax's schedules (which return float32 values even with x64 on) given to jaxnet and to optax alike."""
+    """optax's schedules given to jaxnet and to optax alike.
+
+    They return float32 values even with x64 on.
+    """
     problem = "quadratic" if schedule == "piecewise_constant" else "mlp"
     loss, params = PROBLEMS[problem](key)
     lr = SCHEDULES[schedule]()
@@ -211,7 +225,10 @@ def test_schedule_equals_optax(key, name, schedule):
 
 
 def test_schedule_is_evaluated_at_step_count_from_zero(key):
-    """alpha_t at t = 0, 1, 2, ...: on L = (1/2)||w||^2 one sgd step is w <- (1 - alpha_t) w, so w_T = prod_t (1 - alpha_t) w_0."""
+    """alpha_t at t = 0, 1, 2, ...
+
+    On L = (1/2)||w||^2 one sgd step is w <- (1 - alpha_t) w, so w_T = prod_t (1 - alpha_t) w_0.
+    """
     w0 = jax.random.normal(key, (5,))
     alphas = [0.5, 0.25, 0.125, 0.1, 0.05]
     schedule = lambda t: jnp.asarray(alphas)[t]  # noqa: E731
@@ -224,7 +241,10 @@ def test_schedule_is_evaluated_at_step_count_from_zero(key):
 
 @pytest.mark.parametrize("problem", sorted(PROBLEMS))
 def test_l2_regularization_equals_gradient_of_l2_penalty(key, problem):
-    """l2_regularization(lam) before sgd == sgd on risk + (lam/2) sum w^2 (notes 004's weight decay in the loss)."""
+    """l2_regularization(lam) before sgd == sgd on risk + (lam/2) sum w^2.
+
+    Notes 004's weight decay in the loss.
+    """
     loss, params = PROBLEMS[problem](key)
     lam = 0.1
     penalized = lambda p: loss(p) + losses.l2_penalty(p, lam)  # noqa: E731
@@ -235,7 +255,10 @@ def test_l2_regularization_equals_gradient_of_l2_penalty(key, problem):
 
 
 def test_l2_regularization_mask_equals_masked_penalty_and_optax(key):
-    """A mask leaving the biases out: equals the masked penalty's gradient and optax.add_decayed_weights(mask=...)."""
+    """A mask leaving the biases out.
+
+    Equals the masked penalty's gradient and optax.add_decayed_weights(mask=...).
+    """
     loss, params = mlp_problem(key)
     lam = 0.2
     mask = ({"W": True, "b": False}, (), {"W": True, "b": False})
@@ -277,7 +300,10 @@ def _tree_axpy(a, x, y):
     ids=["constant", "callable_mu", "sutskever_mu", "callable_lr_and_mu"],
 )
 def test_momentum_equals_notes_equations(key, lr, mu):
-    """v_{t+1} = mu_t v_t - alpha_t grad L(w_t), w_{t+1} = w_t + v_{t+1} (notes 000 Sec. 4), t = 0, 1, ..."""
+    """v_{t+1} = mu_t v_t - alpha_t grad L(w_t), w_{t+1} = w_t + v_{t+1}, t = 0, 1, ...
+
+    Notes 000 Sec. 4.
+    """
     loss, w = mlp_problem(key)
     steps = 25
     path = jax.jit(lambda p: trajectory(optim.momentum(lr, mu), loss, p, steps))(w)
@@ -292,7 +318,10 @@ def test_momentum_equals_notes_equations(key, lr, mu):
 
 
 def test_nesterov_equals_sutskever_look_ahead_form(key):
-    """Sutskever et al.'s NAG, v <- mu v - alpha grad L(w + mu v), w <- w + v, is momentum(nesterov=True) on theta = w + mu v."""
+    """Sutskever et al.'s NAG, v <- mu v - alpha grad L(w + mu v), w <- w + v.
+
+    It is momentum(nesterov=True) on theta = w + mu v.
+    """
     loss, w = quadratic_problem(key)
     lr, mu, steps = 0.3, 0.85, 30
     path = jax.jit(lambda p: trajectory(optim.momentum(lr, mu, nesterov=True), loss, p, steps))(w)
@@ -307,7 +336,10 @@ def test_nesterov_equals_sutskever_look_ahead_form(key):
 
 @pytest.mark.parametrize("b1, b2, eps", [(0.9, 0.999, 1e-8), (0.7, 0.95, 1e-3)])
 def test_adam_equals_notes_equations(key, b1, b2, eps):
-    """Notes 004: m_t, v_t, m^_t = m_t/(1 - b1^t), v^_t = v_t/(1 - b2^t), w_t = w_{t-1} - eta m^_t / (sqrt(v^_t) + eps)."""
+    """Notes 004: m_t, v_t, m^_t = m_t/(1 - b1^t), v^_t = v_t/(1 - b2^t).
+
+    w_t = w_{t-1} - eta m^_t / (sqrt(v^_t) + eps).
+    """
     loss, params = mlp_problem(key)
     eta, steps = 0.01, 15
     path = jax.jit(lambda p: trajectory(optim.adam(eta, b1, b2, eps), loss, p, steps))(params)
@@ -329,7 +361,10 @@ def test_adam_equals_notes_equations(key, b1, b2, eps):
 
 
 def test_adam_first_step_is_minus_eta_sign_of_gradient(key):
-    """With bias correction, m^_1 = g and v^_1 = g^2, so the first step is -eta g / (|g| + eps) (about -eta sign g)."""
+    """With bias correction, m^_1 = g and v^_1 = g^2.
+
+    So the first step is -eta g / (|g| + eps), about -eta sign g.
+    """
     g = jax.random.normal(key, (7,))
     eta, eps = 0.03, 1e-8
     opt = optim.adam(eta, eps=eps)
@@ -340,7 +375,7 @@ def test_adam_first_step_is_minus_eta_sign_of_gradient(key):
 
 
 def test_decoupled_weight_decay_adds_minus_alpha_lambda_w(key):
-    """adamw's step is Adam's step minus alpha_t lambda w, with the decay outside Adam's rescaling."""
+    """adamw's step is Adam's step minus alpha_t lambda w, the decay outside Adam's rescaling."""
     loss, params = mlp_problem(key)
     lr, lam = (lambda t: 0.05 * 0.9**t), 0.3
     grads = jax.grad(loss)(params)
@@ -356,10 +391,11 @@ def test_decoupled_weight_decay_adds_minus_alpha_lambda_w(key):
 
 @pytest.mark.parametrize("schedule", ["exponential_decay", "warmup_cosine"])
 def test_decoupled_weight_decay_keeps_float64_with_float32_schedule(key, schedule):
-    """-alpha_t lambda w in float64 when alpha_t comes from an optax schedule, which returns a float32 scalar.
+    """-alpha_t lambda w in float64 when alpha_t comes from an optax schedule.
 
-    The decay must be computed as alpha_t (lambda w) or (float64(alpha_t) lambda) w, not with alpha_t lambda
-    rounded to float32 first (a 1e-8 relative error in every decay step, 1e-9 in adamw's trajectory).
+    The schedule returns a float32 scalar. The decay must be computed as alpha_t (lambda w) or
+    (float64(alpha_t) lambda) w, not with alpha_t lambda rounded to float32 first (a 1e-8 relative
+    error in every decay step, 1e-9 in adamw's trajectory).
     """
     w = {
         "u": jax.random.normal(key, (6,)),
@@ -383,7 +419,7 @@ def test_decoupled_weight_decay_keeps_float64_with_float32_schedule(key, schedul
             )
 
 
-# ----------------------------------------------------------------------------------- Sutskever schedule
+# ------------------------------------------------------------------------------ Sutskever schedule
 
 
 def sutskever_closed_form(t, mu_max=0.99, period=250):
@@ -456,12 +492,15 @@ def test_weight_decay_without_params_raises(key, make):
         opt.update(params, state, None)
 
 
-# ----------------------------------------------------------------------------------- optax interoperability
+# -------------------------------------------------------------------------- optax interoperability
 
 
 @pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam", "adamw", "l2_then_sgd"])
 def test_optimizers_are_gradient_transformations_in_chain_with_clipping(key, name):
-    """optax.chain(clip_by_global_norm, jaxnet optimizer) with optax.apply_updates equals the all-optax chain."""
+    """optax.chain(clip_by_global_norm, jaxnet optimizer) with optax.apply_updates.
+
+    It equals the all-optax chain.
+    """
     loss, params = mlp_problem(key)
     ours, theirs = PAIRS[name]["mlp"]()
     assert isinstance(ours, optax.GradientTransformation)
@@ -480,7 +519,10 @@ def test_optimizers_are_gradient_transformations_in_chain_with_clipping(key, nam
 
 
 def test_state_and_update_are_jittable_pytrees(key):
-    """init/update are pure: jitted update returns the same as the eager one, and the state is a pytree of arrays."""
+    """init/update are pure: jitted update returns the same as the eager one.
+
+    And the state is a pytree of arrays.
+    """
     loss, params = quadratic_problem(key)
     grads = jax.grad(loss)(params)
     for opt in [
@@ -496,14 +538,15 @@ def test_state_and_update_are_jittable_pytrees(key):
         assert_trees_close(jitted[0], eager[0], rtol=1e-14)
 
 
-# ----------------------------------------------------------------------------------- momentum on the plateau
+# ------------------------------------------------------------------------- momentum on the plateau
 
 
 def test_momentum_speeds_up_learning_on_the_saturated_sigmoid_neuron():
-    """Slides 003: one sigmoid neuron, input 1, target 0, quadratic cost, eta = 0.15, w = b = 2.0 (output 0.98).
+    """Slides 003: one sigmoid neuron, input 1, target 0, quadratic cost, eta = 0.15.
 
-    Plain gradient descent barely moves for the first 150 steps; momentum (mu = 0.9, notes 004: helps on flat
-    regions) gets through the plateau in the same number of steps.
+    From w = b = 2.0 (output 0.98), plain gradient descent barely moves for the first 150 steps;
+    momentum (mu = 0.9, notes 004: helps on flat regions) gets through the plateau in the same
+    number of steps.
     """
     init = jax.nn.initializers.constant(2.0)
     net = serial(Dense(1, W_init=init, b_init=init), Sigmoid)

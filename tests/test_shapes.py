@@ -1,6 +1,8 @@
-"""Tests of jaxnet.shapes (CNN arithmetic, notes 002 Sec. 3) against the formulas, against real forward
-passes of jaxnet's Conv2D / MaxPool / AvgPool (and jax.lax's own 'SAME' / 'VALID' padding), against a
-brute-force receptive field, and against the notes' numbers (13 / 169, 34,944, 55 x 55 x 96, 27 x 27 x 96).
+"""Tests of jaxnet.shapes (CNN arithmetic, notes 002 Sec. 3).
+
+Against the formulas, against real forward passes of jaxnet's Conv2D / MaxPool / AvgPool (and
+jax.lax's own 'SAME' / 'VALID' padding), against a brute-force receptive field, and against the
+notes' numbers (13 / 169, 34,944, 55 x 55 x 96, 27 x 27 x 96).
 
 Random sizes come from a numpy generator seeded by the test's `key`.
 """
@@ -24,7 +26,10 @@ def rng_from(key):
 
 
 def formula_pads(n, k, s, padding):
-    """The padding each style adds, written out independently of the library ('same' is checked separately)."""
+    """The padding each style adds, written out independently of the library.
+
+    'same' is checked separately.
+    """
     if padding == "valid":
         return (0, 0)
     if padding == "full":
@@ -77,7 +82,8 @@ def test_output_size_same_is_ceil_n_over_s(key):
             == math.ceil(n / s)
             == formula_size(n, k, s, (lo, hi))
         )
-        # the least padding giving ceil(n / s) outputs, the odd element after the input (as XLA / TensorFlow)
+        # the least padding giving ceil(n / s) outputs, the odd element after the input (as XLA /
+        # TensorFlow)
         assert lo >= 0 and hi - lo in (0, 1)
         assert lo + hi == max((math.ceil(n / s) - 1) * s + k - n, 0)
     # stride 1, odd window: the classic k // 2 on each side
@@ -248,7 +254,10 @@ def test_receptive_field_two_layers(key):
 
 
 def brute_force_field(stack):
-    """Input indices that one output of a 1-D (window, stride) stack depends on, by propagating the index set down."""
+    """Input indices that one output of a 1-D (window, stride) stack depends on.
+
+    Found by propagating the index set down.
+    """
     indices = {0}
     for k, s in reversed(stack):
         indices = {i * s + p for i in indices for p in range(k)}
@@ -272,7 +281,7 @@ def positive_init(key, shape, dtype):
 
 
 def influence_count(stack, n, out_index):
-    """Nonzero entries of d y[out_index] / d x for a stack of jaxnet Conv2D layers with positive kernels."""
+    """Nonzero entries of d y[out_index] / d x for a stack of Conv2D layers, positive kernels."""
     net = serial(*[Conv2D(1, win, st, "valid", W_init=positive_init) for win, st in stack])
     in_shape = (n[0], n[1], 1)
     out_shape, params = net.init(jax.random.PRNGKey(0), in_shape)
@@ -299,7 +308,7 @@ def test_receptive_field_matches_gradient_of_jaxnet_convolutions(key):
 
 
 def test_receptive_field_notes_stack_in_two_dimensions():
-    """The notes' cascade on a 17 x 17 image: every output depends on a 13 x 13 = 169-pixel patch."""
+    """The notes' cascade on a 17 x 17 image: each output depends on a 13 x 13 = 169-pixel patch."""
     out_shape, nz = influence_count([((5, 5), (2, 2)), ((5, 5), (1, 1))], (17, 17), (1, 2))
     assert out_shape == (3, 3, 1)
     assert len(nz) == 169
@@ -309,7 +318,7 @@ def test_receptive_field_notes_stack_in_two_dimensions():
     )  # rows 2..14, cols 4..16
 
 
-# ------------------------------------------------------------------------- parameter counts, the notes' AlexNet layer
+# ------------------------------------------------------ parameter counts, the notes' AlexNet layer
 
 
 def test_alexnet_first_layer_param_count():
@@ -466,7 +475,8 @@ def test_window_larger_than_input_is_fine_with_same_or_full_padding():
 
 
 def test_network_receptive_field_matches_the_gradient_footprint(key):
-    # Average- rather than max-pooling: a max routes the gradient to one winner, hiding the rest of the field.
+    # Average- rather than max-pooling: a max routes the gradient to one winner, hiding the rest of
+    # the field.
     net = L.serial(
         L.Conv2D(1, 5, 2), L.Sigmoid, L.Conv2D(1, (5, 3)), L.AvgPool(2, 1), L.Flatten, L.Dense(2)
     )
@@ -503,7 +513,8 @@ def _xla_flops(fn, *args):
 
 
 def test_multiply_adds_agree_with_xla_cost_analysis(key):
-    # with 'valid' padding every tap touches the input, so XLA's count (which skips padding) is 2 x ours
+    # with 'valid' padding every tap touches the input, so XLA's count (which skips padding) is
+    # 2 x ours
     keys = jax.random.split(key, 8)
     for k in keys:
         h, w = (int(v) for v in jax.random.randint(k, (2,), 6, 20))

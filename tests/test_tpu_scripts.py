@@ -1,4 +1,6 @@
-"""tpu_scripts/launch.py: the dry-run plan, the failure policy (delete always runs), and argument errors.
+"""tpu_scripts/launch.py: the dry-run plan, the failure policy, and argument errors.
+
+The delete step always runs.
 
 Nothing here needs gcloud or a network: the plan is printed or run with an injected runner.
 """
@@ -193,9 +195,9 @@ def test_dry_run_with_repo_url_project_spot_v5e_and_a_gs_workdir():
         "--version=v2-alpha-tpuv5-lite",
         "--spot",
     ]
-    assert (
-        remote(clone)
-        == "rm -rf ~/jaxnet && git clone https://example.com/jaxnet.git ~/jaxnet && cd ~/jaxnet && git checkout v1"
+    assert remote(clone) == (
+        "rm -rf ~/jaxnet && git clone https://example.com/jaxnet.git ~/jaxnet && cd ~/jaxnet && "
+        "git checkout v1"
     )
     assert all(
         "--project=my-proj" in argv and "--worker=all" in argv for argv in (clone, install, train)

@@ -79,7 +79,10 @@ def test_checks_refuse_float32_and_non_scalar_functions(key):
         verify.check_gradient(lambda x: x * 2, lambda x: 2 * jnp.ones_like(x), jnp.ones(3))
     with pytest.raises(TypeError, match="floating"):
         verify.check_gradient(lambda x: jnp.sum(x), lambda x: x, jnp.arange(3))
-    code = "import jax.numpy as jnp; from jaxnet import verify; verify.check_gradient(jnp.sum, jnp.ones_like, jnp.ones(2))"
+    code = (
+        "import jax.numpy as jnp; from jaxnet import verify; "
+        "verify.check_gradient(jnp.sum, jnp.ones_like, jnp.ones(2))"
+    )
     run = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

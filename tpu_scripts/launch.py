@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Train jaxnet on a Cloud TPU VM: create it, copy the code, install, train on every host, fetch, delete.
+"""Train jaxnet on a Cloud TPU VM.
+
+Create it, copy the code, install, train on every host, fetch the results, delete it. E.g.:
 
     python tpu_scripts/launch.py --name my-tpu --zone us-central2-b --dry-run -- --config.epochs=5
 
@@ -44,7 +46,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU_VM = ("gcloud", "compute", "tpus", "tpu-vm")
 ARCHIVE_NAME = "jaxnet.tar.gz"  # the tarball's name in each worker's home directory
 
-# Runtime (software) version per TPU generation, for JAX; see the Cloud TPU "TPU software versions" page.
+# Runtime (software) version per TPU generation, for JAX; see the Cloud TPU "TPU software
+# versions" page.
 RUNTIME_VERSIONS = (
     ("v6e", "v2-alpha-tpuv6e"),
     ("v5p", "v2-alpha-tpuv5"),
@@ -56,7 +59,8 @@ RUNTIME_VERSIONS = (
 )
 
 # When a step runs: NORMAL only while nothing has failed; SALVAGE also after a failure at or after
-# the train step (not after Ctrl-C); CLEANUP whenever the create step was attempted, even after Ctrl-C.
+# the train step (not after Ctrl-C); CLEANUP whenever the create step was attempted, even after
+# Ctrl-C.
 NORMAL, SALVAGE, CLEANUP = "normal", "salvage", "cleanup"
 
 
@@ -101,7 +105,8 @@ class UsageError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="launch.py",
-        description="Create a Cloud TPU VM, train jaxnet on all of its hosts, fetch the results, delete the VM.",
+        description="Create a Cloud TPU VM, train jaxnet on all of its hosts, fetch the results, "
+        "delete the VM.",
         epilog="Training overrides go after the options (or after --), each as --config.key=value; "
         "they are passed to train.py on every worker, shell-quoted.",
         allow_abbrev=False,
@@ -124,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     vm.add_argument(
         "--version",
         help="TPU runtime version; default: chosen from the accelerator type "
-        "(tpu-ubuntu2204-base for v2-v4, v2-alpha-tpuv5-lite for v5e, v2-alpha-tpuv5 for v5p, v2-alpha-tpuv6e for v6e).",
+        "(tpu-ubuntu2204-base for v2-v4, v2-alpha-tpuv5-lite for v5e, v2-alpha-tpuv5 for v5p, "
+        "v2-alpha-tpuv6e for v6e).",
     )
     cap = vm.add_mutually_exclusive_group()
     cap.add_argument(
@@ -144,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     code = p.add_argument_group("the code")
     code.add_argument(
         "--repo-url",
-        help="git clone this URL on every worker instead of copying `git archive HEAD` of this checkout.",
+        help="git clone this URL on every worker instead of copying `git archive HEAD` of this "
+        "checkout.",
     )
     code.add_argument("--ref", help="with --repo-url: the branch, tag or commit to check out.")
     code.add_argument(
@@ -169,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--results-dir",
         default="runs",
-        help="local folder the workdir is fetched into, as RESULTS_DIR/<workdir name> (default: %(default)s).",
+        help="local folder the workdir is fetched into, as RESULTS_DIR/<workdir name> "
+        "(default: %(default)s).",
     )
     run.add_argument(
         "--dry-run", action="store_true", help="print every command, numbered, and run nothing."
@@ -204,19 +212,22 @@ def validate(args: argparse.Namespace) -> None:
     """Check the arguments and fill in the defaults that depend on others; raise UsageError."""
     if not _NAME.fullmatch(args.name or ""):
         raise UsageError(
-            f"--name {args.name!r}: a TPU name is 1-63 lowercase letters, digits and hyphens, starting with a letter"
+            f"--name {args.name!r}: a TPU name is 1-63 lowercase letters, digits and hyphens, "
+            "starting with a letter"
         )
     if not _ZONE.fullmatch(args.zone or ""):
         raise UsageError(f"--zone {args.zone!r} does not look like a zone (e.g. us-central2-b)")
     if not _ACCELERATOR.fullmatch(args.accelerator_type):
         raise UsageError(
-            f"--accelerator-type {args.accelerator_type!r} does not look like v4-8, v5litepod-8, v5p-8 or v6e-8"
+            f"--accelerator-type {args.accelerator_type!r} does not look like v4-8, v5litepod-8, "
+            "v5p-8 or v6e-8"
         )
     if args.version is None:
         args.version = default_runtime_version(args.accelerator_type)
         if args.version is None:
             raise UsageError(
-                f"--version: no default runtime version known for --accelerator-type {args.accelerator_type}; give one"
+                "--version: no default runtime version known for "
+                f"--accelerator-type {args.accelerator_type}; give one"
             )
     if args.ref and not args.repo_url:
         raise UsageError("--ref needs --repo-url")
@@ -238,14 +249,16 @@ def validate(args: argparse.Namespace) -> None:
             continue
         if not (value.startswith("~/") or value.startswith("/")) or value.rstrip("/") in ("~", ""):
             raise UsageError(
-                f"--{name.replace('_', '-')} {value!r}: give a path on the workers starting with ~/ or /"
+                f"--{name.replace('_', '-')} {value!r}: give a path on the workers starting "
+                "with ~/ or /"
             )
     if args.workdir is None:
         args.workdir = f"~/jaxnet_runs/{args.name}"
     for item in args.overrides:
         if not _OVERRIDE.fullmatch(item):
             raise UsageError(
-                f"unrecognized argument {item!r}: training overrides must look like --config.key=value"
+                f"unrecognized argument {item!r}: training overrides must look like "
+                "--config.key=value"
             )
 
 
@@ -342,7 +355,10 @@ def plan(args: argparse.Namespace) -> list[Step]:
                 "copy the tarball to every worker",
             )
         )
-        unpack = f"rm -rf {remote_dir} && mkdir -p {remote_dir} && tar -xzf ~/{ARCHIVE_NAME} -C {remote_dir}"
+        unpack = (
+            f"rm -rf {remote_dir} && mkdir -p {remote_dir} && "
+            f"tar -xzf ~/{ARCHIVE_NAME} -C {remote_dir}"
+        )
         steps.append(Step("unpack", ssh_all(unpack), "unpack it on every worker"))
 
     install = f'cd {remote_dir} && {py} -m pip install -U "jax[tpu]" && {py} -m pip install -e .'
@@ -423,7 +439,10 @@ def delete_argv(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def run_command(argv: Sequence[str]) -> None:
-    """The default runner: output streams to this terminal; a non-zero exit raises CalledProcessError."""
+    """The default runner: output streams to this terminal.
+
+    A non-zero exit raises CalledProcessError.
+    """
     subprocess.run(list(argv), check=True)
 
 
@@ -443,8 +462,9 @@ def execute(
     """Run the steps in order with `runner(argv)`, which raises on failure (like check=True).
 
     After a failure or KeyboardInterrupt the remaining steps are skipped except SALVAGE steps
-    (after a non-interrupt failure at or after `train`) and CLEANUP steps (once `create` was attempted).
-    A KeyboardInterrupt during a CLEANUP step is not swallowed: it propagates after being recorded.
+    (after a non-interrupt failure at or after `train`) and CLEANUP steps (once `create` was
+    attempted). A KeyboardInterrupt during a CLEANUP step is not swallowed: it propagates after
+    being recorded.
     """
     out = Outcome()
     names = [s.name for s in steps]
@@ -504,7 +524,8 @@ def report(args: argparse.Namespace, steps: Sequence[Step], out: Outcome) -> str
     if created and (args.keep_vm or delete_failed):
         why = "--keep-vm" if args.keep_vm else "its delete step failed"
         lines.append(
-            f"launch.py: the TPU VM {args.name!r} may still exist ({why}); it costs money until you run:\n"
+            f"launch.py: the TPU VM {args.name!r} may still exist ({why}); "
+            "it costs money until you run:\n"
             f"    {shlex.join(delete_argv(args))}"
         )
     elif created and "delete" in out.ran:
@@ -522,13 +543,13 @@ def print_plan(args: argparse.Namespace, steps: Sequence[Step], stream=sys.stdou
             SALVAGE: " [also after a failed train]",
             CLEANUP: " [always, even after a failure or Ctrl-C]",
         }.get(step.when, "")
-        w(
-            f"# step {i}/{len(steps)}: {step.name}{' (local)' if step.local else ''}{tags} -- {step.about}"
-        )
+        local = " (local)" if step.local else ""
+        w(f"# step {i}/{len(steps)}: {step.name}{local}{tags} -- {step.about}")
         w(step.command())
     if args.keep_vm:
         w(
-            f"# --keep-vm: the VM is not deleted; delete it yourself with:\n#   {shlex.join(delete_argv(args))}"
+            "# --keep-vm: the VM is not deleted; delete it yourself with:\n"
+            f"#   {shlex.join(delete_argv(args))}"
         )
 
 
@@ -548,9 +569,10 @@ def main(
     steps = plan(args)
     if is_multi_host(args.accelerator_type) and not args.workdir.startswith("gs://"):
         print(
-            f"launch.py: warning: {args.accelerator_type} spans several hosts and --workdir {args.workdir} is local to "
-            "each of them; only worker 0's copy is fetched, and multi-host checkpoints need a shared path "
-            "(a gs:// workdir, if train.py can write one)",
+            f"launch.py: warning: {args.accelerator_type} spans several hosts and "
+            f"--workdir {args.workdir} is local to each of them; only worker 0's copy is fetched, "
+            "and multi-host checkpoints need a shared path (a gs:// workdir, if train.py can "
+            "write one)",
             file=sys.stderr,
         )
     if args.dry_run:
@@ -563,7 +585,8 @@ def main(
         out = execute(steps, runner)
     except KeyboardInterrupt:  # a second Ctrl-C, during the delete step
         print(
-            f"\nlaunch.py: interrupted while deleting; the TPU VM {args.name!r} may still exist. Delete it with:\n"
+            "\nlaunch.py: interrupted while deleting; "
+            f"the TPU VM {args.name!r} may still exist. Delete it with:\n"
             f"    {shlex.join(delete_argv(args))}",
             file=sys.stderr,
         )

@@ -1,4 +1,7 @@
-"""Layers as pure (init, apply) functions with their hand-written Jacobians; see `base` for the contract."""
+"""Layers as pure (init, apply) functions with their hand-written Jacobians.
+
+See `base` for the contract.
+"""
 
 from jaxnet.layers.base import Layer, forward_with_activations, layer_keys, serial
 from jaxnet.layers.conv import Conv2D

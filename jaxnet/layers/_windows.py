@@ -1,4 +1,7 @@
-"""Index bookkeeping shared by convolution and pooling: padding and window offsets in NHWC arrays."""
+"""Index bookkeeping shared by convolution and pooling.
+
+Padding and window offsets in NHWC arrays.
+"""
 
 from __future__ import annotations
 
@@ -35,13 +38,16 @@ def pad_hw(x, pads, value=0.0):
 
 
 def offset_slice(xpad, p: int, q: int, out_hw, strides):
-    """xpad[..., i*s0 + p, j*s1 + q, :] for all output positions (i, j): the inputs at window offset (p, q)."""
+    """xpad[..., i*s0 + p, j*s1 + q, :] for all output positions (i, j).
+
+    The inputs at window offset (p, q).
+    """
     (h, w), (s0, s1) = out_hw, strides
     return xpad[..., p : p + s0 * (h - 1) + 1 : s0, q : q + s1 * (w - 1) + 1 : s1, :]
 
 
 def add_at_offset(gpad, value, p: int, q: int, out_hw, strides):
-    """The transpose of `offset_slice`: scatter-add value into the window offset (p, q) positions."""
+    """The transpose of `offset_slice`: scatter-add value into the window offset (p, q)'s inputs."""
     (h, w), (s0, s1) = out_hw, strides
     return gpad.at[..., p : p + s0 * (h - 1) + 1 : s0, q : q + s1 * (w - 1) + 1 : s1, :].add(value)
 

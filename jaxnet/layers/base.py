@@ -26,11 +26,12 @@ from typing import Any, NamedTuple
 
 import jax
 
-Params = Any
-
 
 class Layer(NamedTuple):
-    """A layer: init and apply, its local Jacobians and vector-Jacobian product, and its hyper-parameters."""
+    """A layer: init and apply, its local Jacobians and vector-Jacobian product, its settings.
+
+    `spec` holds its hyper-parameters.
+    """
 
     name: str
     init: Callable
@@ -52,12 +53,18 @@ class Layer(NamedTuple):
 
 
 def default_float():
-    """float64 when jax_enable_x64 is on, float32 otherwise: the dtype of freshly initialised parameters."""
+    """The dtype of freshly initialised parameters.
+
+    float64 when jax_enable_x64 is on, float32 otherwise.
+    """
     return jax.dtypes.canonicalize_dtype(jax.numpy.float64)
 
 
 def layer_keys(key, count: int) -> list:
-    """Per-layer keys for `count` layers: the split `serial` uses, so back-propagation can repeat it."""
+    """Per-layer keys for `count` layers.
+
+    The split `serial` uses, so back-propagation can repeat it.
+    """
     if key is None:
         return [None] * count
     return list(jax.random.split(key, count))
@@ -72,7 +79,9 @@ def forward_with_activations(layers, params, x, key=None) -> list:
 
 
 def backward(layers, params, xs, g, keys) -> tuple[tuple, Any]:
-    """The backward recursion (2)-(3) over a batch: each layer's vjp, from the last layer to the first.
+    """The backward recursion (2)-(3) over a batch.
+
+    Each layer's vjp, from the last layer to the first.
 
     Returns the parameter gradients (one entry per layer) and g = dl/dx^(0).
     """
@@ -83,9 +92,10 @@ def backward(layers, params, xs, g, keys) -> tuple[tuple, Any]:
 
 
 def serial(*layers: Layer) -> Layer:
-    """Compose layers into a network x^(k) = f^(k)(x^(k-1), w^(k)); params are a tuple, one entry per layer.
+    """Compose layers into a network x^(k) = f^(k)(x^(k-1), w^(k)).
 
-    Nested `serial` networks are flattened, so params stay one flat tuple indexed by the notes' k - 1.
+    The params are a tuple, one entry per layer. Nested `serial` networks are flattened, so
+    params stay one flat tuple indexed by the notes' k - 1.
     """
     flat: list[Layer] = []
     for i, layer in enumerate(layers):
@@ -111,7 +121,7 @@ def serial(*layers: Layer) -> Layer:
         return x
 
     def vjp(params, x, g, *, key=None):
-        """The backward recursion (2)-(3) of the notes on a whole batch, with each layer's own vjp."""
+        """The backward recursion (2)-(3) of the notes on a whole batch, with each layer's vjp."""
         _check_params(params)
         xs = forward_with_activations(flat_layers, params, x, key)
         return backward(flat_layers, params, xs, g, layer_keys(key, len(flat_layers)))
@@ -124,7 +134,8 @@ def serial(*layers: Layer) -> Layer:
                 else type(params).__name__
             )
             raise ValueError(
-                f"serial network of {len(flat_layers)} layers needs a params tuple of that length, got {got}"
+                f"serial network of {len(flat_layers)} layers needs a params tuple of that "
+                f"length, got {got}"
             )
 
     return Layer("serial", init, apply, None, vjp, {"layers": flat_layers})

@@ -1,4 +1,6 @@
-"""2-D convolution on NHWC images with HWIO kernels, any stride, padding 'same' / 'valid' / 'full' or explicit.
+"""2-D convolution on NHWC images with HWIO kernels.
+
+Any stride; padding 'same' / 'valid' / 'full' or explicit.
 
 As in every CNN library (and in the notes' "correlation"), the kernel is not flipped:
 
@@ -31,7 +33,9 @@ def conv_apply(params, x, strides, padding):
 
 
 def conv_jacobians(params, x_n, strides, padding):
-    """Local Jacobians of one image's convolution, built from the selection A[p, i, u] = [u = i s + p].
+    """Local Jacobians of one image's convolution.
+
+    Built from the selection A[p, i, u] = [u = i s + p]:
 
     da[i,j,o]/dW[p,q,c,o'] = delta_oo' x~[i s0 + p, j s1 + q, c],   da[i,j,o]/db[o'] = delta_oo',
     da[i,j,o]/dx[u,v,c]    = W[u - i s0 + lo0, v - j s1 + lo1, c, o]  (0 outside the kernel).
@@ -52,7 +56,10 @@ def conv_jacobians(params, x_n, strides, padding):
 
 
 def conv_vjp(params, x, g, strides, padding):
-    """Row vectors g = dl/da (N, H', W', C') back through the convolution, one kernel offset at a time."""
+    """Row vectors g = dl/da (N, H', W', C') back through the convolution.
+
+    One kernel offset at a time.
+    """
     W = params["W"]
     kh, kw = W.shape[:2]
     out_hw = g.shape[1:3]
@@ -80,7 +87,10 @@ def Conv2D(
     W_init=glorot_normal,
     b_init=jax.nn.initializers.zeros,
 ) -> Layer:
-    """2-D convolution with `out_channels` feature maps of size `window`; padding 'same', 'valid', 'full' or ((lo, hi), (lo, hi))."""
+    """2-D convolution with `out_channels` feature maps of size `window`.
+
+    padding: 'same', 'valid', 'full' or ((lo, hi), (lo, hi)).
+    """
     if not isinstance(out_channels, int) or isinstance(out_channels, bool) or out_channels < 1:
         raise ValueError(f"Conv2D out_channels must be a positive int, got {out_channels!r}")
     window = win.normalize_2d("Conv2D window", window)

@@ -79,7 +79,8 @@ def Dense(out_features: int, W_init=glorot_normal, b_init=jax.nn.initializers.ze
     def init(key, input_shape):
         if len(input_shape) != 1:
             raise ValueError(
-                f"Dense expects a flat input shape (d,), got {tuple(input_shape)}; add Flatten() before it"
+                f"Dense expects a flat input shape (d,), got {tuple(input_shape)}; "
+                "add Flatten() before it"
             )
         k_w, k_b = jax.random.split(key)
         d = input_shape[0]

@@ -28,19 +28,23 @@ def dropout_mask(key, keep: float, shape):
 
 
 def Dropout(rate: float = 0.5, scale_at: str = "train") -> Layer:
-    """Drop each unit with probability `rate` when called with a key; see the module doc for `scale_at`."""
+    """Drop each unit with probability `rate` when called with a key.
+
+    See the module doc for `scale_at`.
+    """
     if not 0.0 <= rate < 1.0:
         raise ValueError(
             f"Dropout rate is the drop probability and must be in [0, 1), got {rate!r}"
         )
     if scale_at not in ("train", "test"):
         raise ValueError(
-            f"Dropout scale_at must be 'train' (inverted dropout) or 'test' (the notes' rule), got {scale_at!r}"
+            "Dropout scale_at must be 'train' (inverted dropout) or 'test' (the notes' rule), "
+            f"got {scale_at!r}"
         )
     keep = 1.0 - rate
 
     def factor(x, key):
-        """The multiplier of x: a mask (training) or a constant (testing), with x's shape and dtype."""
+        """The multiplier of x: a mask (training) or a constant (testing), x's shape and dtype."""
         if key is None:
             return jnp.full_like(x, keep if scale_at == "test" else 1.0)
         mask = dropout_mask(key, keep, x.shape).astype(x.dtype)

@@ -59,7 +59,8 @@ def Swish(beta: float = 1.0) -> Layer:
 def _check_vectors(name, x):
     if x.ndim != 2:
         raise ValueError(
-            f"{name} expects a batch of vectors (N, e), got shape {x.shape}; add Flatten() before it"
+            f"{name} expects a batch of vectors (N, e), got shape {x.shape}; "
+            "add Flatten() before it"
         )
 
 

@@ -32,7 +32,10 @@ def max_pool_apply(x, window, strides, padding):
 
 
 def _tiles(x, window, strides, padding):
-    """Non-overlapping, unpadded windows that tile x exactly, as (N, H', W', C, k1 k2); None otherwise."""
+    """Non-overlapping, unpadded windows that tile x exactly, as (N, H', W', C, k1 k2).
+
+    None otherwise.
+    """
     pads, _ = win.geometry(x.shape[1:3], window, strides, padding)
     n, h, w, c = x.shape
     (kh, kw) = window
@@ -80,7 +83,7 @@ def _max_pool_jvp(window, strides, padding, primals, tangents):
 
 
 def max_pool_winners(x, window, strides, padding):
-    """For every output (n, i, j, c), the row-major index p k2 + q of the first maximal window entry."""
+    """For every output (n, i, j, c), the row-major index p k2 + q of the window's first maximum."""
     pads, out_hw = win.geometry(x.shape[1:3], window, strides, padding)
     xpad = win.pad_hw(x, pads, -jnp.inf)
     stacked = jnp.stack(
@@ -90,7 +93,7 @@ def max_pool_winners(x, window, strides, padding):
 
 
 def max_pool_jacobian(x_n, window, strides, padding):
-    """dy[i,j,c]/dx[u,v,d] = delta_cd [ (u, v) is the winning input (u^, v^) of window (i, j, c) ]."""
+    """dy[i,j,c]/dx[u,v,d] = delta_cd [(u, v) is the winning input (u^, v^) of window (i, j, c)]."""
     arg, pads, (ho, wo) = max_pool_winners(x_n[None], window, strides, padding)
     arg = arg[0]
     hp, wp = x_n.shape[0] + sum(pads[0]), x_n.shape[1] + sum(pads[1])
@@ -190,7 +193,10 @@ def _pool(name, apply_fn, jacobian_fn, vjp_fn, window, strides, padding) -> Laye
 
 
 def MaxPool(window, strides=None, padding="valid") -> Layer:
-    """Max-pooling over `window` with `strides` (default: the window, i.e. non-overlapping); ties as in the module doc."""
+    """Max-pooling over `window` with `strides`.
+
+    strides default to the window, i.e. non-overlapping windows; ties as in the module doc.
+    """
     return _pool(
         "MaxPool", max_pool_apply, max_pool_jacobian, max_pool_vjp, window, strides, padding
     )
@@ -204,10 +210,11 @@ def AvgPool(window, strides=None, padding="valid") -> Layer:
 
 
 def relu_maxpool(params, x_n, windows):
-    """The notes' layer x_i = max_{q in P(i)} ReLU(a_q), a = W x~, for one sample; windows[i] lists P(i).
+    """The notes' layer x_i = max_{q in P(i)} ReLU(a_q), a = W x~, for one sample.
 
-    The maximum is taken with the tie rule of this module (first listed index wins), so that
-    `jax.grad` of this function follows the same rule as `relu_maxpool_jacobians`.
+    windows[i] lists P(i). The maximum is taken with the tie rule of this module (first listed
+    index wins), so that `jax.grad` of this function follows the same rule as
+    `relu_maxpool_jacobians`.
     """
     a = params["W"] @ x_n + params["b"]
     h = relu(a)[windows]
