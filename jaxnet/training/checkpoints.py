@@ -1,49 +1,275 @@
-"""Checkpoints with orbax in WORKDIR/checkpoints: the training state, the best parameters so far, and a JSON record.
+"""Checkpoints with orbax in WORKDIR/checkpoints: training state, best parameters, a JSON record.
 
-orbax writes each checkpoint to a temporary directory and renames it when complete, so a run
-killed mid-save leaves the previous checkpoints intact; only the last `keep` are kept.
+Each step is a folder <step>/ holding the orbax items state/ and best/ (arrays), record/metadata
+(the JSON record) and checksums/metadata: sha256 digests of the state, best and record as saved.
+orbax writes a step into <step>.orbax-checkpoint-tmp and renames it when complete, so a crash
+mid-save leaves the earlier steps intact; the checksums catch what the rename cannot (a damaged
+disk, a truncated copy): restore() verifies them and falls back to the newest intact step.
+Saves are asynchronous: save() copies the arrays to host memory and orbax writes them in the
+background. Only the last `keep` steps are kept.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
+import socket
+import time
+from typing import Any, NamedTuple
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+TIMEOUT_S = 600  # orbax's bound on one background write; our waits allow twice that (its barriers)
+_ITEMS = ("state", "best", "record", "checksums")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint problem the user must act on; str() is one line naming the folder or step."""
+
+
+class _Mismatch(ValueError):
+    """Data that orbax read without complaint but that differs from what was saved."""
+
+
+class Restored(NamedTuple):
+    step: int
+    state: Any
+    best: Any
+    record: dict
 
 
 class Checkpoints:
-    def __init__(self, directory: str, keep: int):
+    """The checkpoints in `directory`: asynchronous saves, verified restores."""
+
+    def __init__(self, directory: str, keep: int, *, log=print):
         self.directory = os.path.abspath(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "best", "record")
+        self.log = log
+        self._pending: int | None = None  # the step orbax is writing in the background
+        self._damaged: list[int] = []  # steps newer than the restored one, replaced on next save
+        _prepare(self.directory)
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
+            create=True,
+            enable_async_checkpointing=True,
+            async_options=ocp.AsyncOptions(timeout_secs=TIMEOUT_S),
+            cleanup_tmp_directories=True,  # what a run killed mid-save left behind
         )
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+        except OSError as error:
+            raise CheckpointError(_unusable(self.directory, error)) from error
 
-    def latest_step(self):
-        return self.manager.latest_step()
+    def steps(self) -> list[int]:
+        """The finalized steps on disk, ascending."""
+        # orbax names a step folder by its bare number only once the step is complete
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        is_step = lambda n: n.isdigit() and os.path.isdir(os.path.join(self.directory, n))
+        return sorted(int(n) for n in names if is_step(n))
 
-    def save(self, step: int, state, best_params, record: dict) -> None:
-        """Save and wait until it is on disk: a signal or a crash right after loses nothing."""
-        if self.manager.latest_step() == step:
-            return
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state, best_params, record: dict, *, force: bool = False) -> bool:
+        """Start writing `step` in the background; False (skipped) if the previous write is busy."""
+        if not force and self._busy():
+            return False
+        self.wait()
+        self._drop_damaged()
+        if step in self.manager.all_steps():
+            return True
+        state, best = _host_copy(state), _host_copy(best_params)
+        text = json.dumps(record, sort_keys=True)
+        sums = {"state": _digest(state), "best": _digest(best), "record": _sha256(text)}
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            best=ocp.args.StandardSave(best_params),
-            record=ocp.args.JsonSave(record),
+            best=ocp.args.StandardSave(best),
+            record=ocp.args.JsonSave(json.loads(text)),  # a copy: the caller may change its dict
+            checksums=ocp.args.JsonSave(sums),
         )
-        self.manager.save(step, args=args)
-        self.manager.wait_until_finished()
+        try:
+            self.manager.save(step, args=args, force=True)
+        except OSError as error:
+            raise self._failed(step, error) from error
+        self._pending = step
+        return True
 
-    def restore(self, state_like, best_like, step: int | None = None):
-        """(state, best params, record) of `step` (default: the latest), shaped like the given templates."""
-        step = self.manager.latest_step() if step is None else step
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(state_like),
-            best=ocp.args.StandardRestore(best_like),
-            record=ocp.args.JsonRestore(),
+    def wait(self) -> None:
+        """Wait (bounded) for the background write; CheckpointError if it failed or stalled."""
+        if self._pending is None:
+            return
+        limit = 2 * TIMEOUT_S
+        deadline = time.monotonic() + limit
+        while self.manager.is_saving_in_progress():
+            if time.monotonic() > deadline:
+                raise CheckpointError(
+                    f"saving checkpoint {self._pending} in {self.directory} did not finish in "
+                    f"{limit} s; the disk may be stalled: check it, then run the same command "
+                    "to resume"
+                )
+            time.sleep(0.005)
+        step, self._pending = self._pending, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:  # whatever the background write raised
+            # orbax already forgot the steps this save was to replace; a failing re-read
+            # must not hide the save's own error
+            with contextlib.suppress(Exception):
+                self.manager.reload()
+            raise self._failed(step, error) from error
+
+    def restore(self, state_like, best_like) -> Restored | None:
+        """The newest intact checkpoint shaped like the templates; None if there is none at all."""
+        steps = self.steps()
+        if not steps:
+            return None
+        reasons = {}
+        for step in reversed(steps):
+            try:
+                restored = self._read(step, state_like, best_like)
+            except Exception as error:  # any read failure means damage (KeyboardInterrupt is not)
+                reasons[step] = _short(error)
+                self.log(
+                    f"checkpoint {step} in {self.directory} is damaged ({reasons[step]}); "
+                    "falling back to an earlier one"
+                )
+                continue
+            self._damaged = sorted(reasons)
+            return restored
+        listed = "; ".join(f"step {s}: {r}" for s, r in sorted(reasons.items()))
+        raise CheckpointError(
+            f"no intact checkpoint in {self.directory} ({listed}): start afresh with a new "
+            "--workdir (or move this one away)"
         )
-        restored = self.manager.restore(step, args=args)
-        return restored.state, restored.best, restored.record
 
     def close(self) -> None:
-        self.manager.close()
+        """Wait (bounded) for a pending write, then close the manager."""
+        try:
+            self.wait()
+        except CheckpointError:
+            if self._pending is None:  # the write failed rather than stalled: orbax can close
+                self._close_manager()
+            raise
+        self._close_manager()
+
+    def _close_manager(self) -> None:
+        try:
+            self.manager.close()
+        except Exception:
+            # orbax raises a failed write once in each thread that waits; wait() has reported it
+            self.manager.close()
+
+    def _busy(self) -> bool:
+        if self._pending is None:
+            return False
+        busy = self.manager.is_saving_in_progress()
+        if jax.process_count() > 1:  # all processes must agree, or orbax's barriers would hang
+            busy = bool(multihost_utils.broadcast_one_to_all(np.int32(busy)))
+        return busy
+
+    def _read(self, step: int, state_like, best_like) -> Restored:
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(_template(state_like)),
+            best=ocp.args.StandardRestore(_template(best_like)),
+            record=ocp.args.JsonRestore(),
+            checksums=ocp.args.JsonRestore(),
+        )
+        got = self.manager.restore(step, args=args)
+        sums = got.checksums
+        record_text = json.dumps(got.record, sort_keys=True)
+        for name, digest in (
+            ("state", _digest(got.state)),
+            ("best", _digest(got.best)),
+            ("record", _sha256(record_text)),
+        ):
+            if digest != sums[name]:
+                raise _Mismatch(f"{name} does not match its checksum")
+        return Restored(step, got.state, got.best, dict(got.record))
+
+    def _drop_damaged(self) -> None:
+        """Delete the damaged steps newer than the restored one: training writes them anew."""
+        for step in self._damaged:
+            if step in self.manager.all_steps():
+                try:
+                    self.manager.delete(step)
+                except OSError as error:
+                    raise CheckpointError(
+                        f"cannot remove damaged checkpoint {step} in {self.directory} "
+                        f"({_short(error)}): remove that folder by hand"
+                    ) from error
+        self._damaged = []
+
+    def _failed(self, step: int, error: BaseException) -> CheckpointError:
+        steps = ", ".join(map(str, self.steps()))
+        kept = f"the checkpoints already on disk (steps {steps}) are intact"
+        return CheckpointError(
+            f"saving checkpoint {step} in {self.directory} failed ({_short(error)}); "
+            f"{kept if steps else 'no earlier checkpoint is on disk'}: free space or fix the "
+            "disk, then run the same command to resume"
+        )
+
+
+def _prepare(directory: str) -> None:
+    """Create `directory` and prove it writable: orbax hung on a file named like it."""
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise CheckpointError(f"{directory} is not a folder: move it away or use another --workdir")
+    probe = os.path.join(directory, f".write-test-{socket.gethostname()}-{os.getpid()}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise CheckpointError(_unusable(directory, error)) from error
+
+
+def _unusable(directory: str, error: OSError) -> str:
+    return (
+        f"cannot write checkpoints to {directory} ({error.strerror or error}): free space, fix "
+        "its permissions or use another --workdir"
+    )
+
+
+def _host_copy(tree):
+    """Private host copies, so the caller may donate or overwrite its buffers at once."""
+    return jax.tree_util.tree_map(lambda leaf: np.array(leaf, copy=True), tree)
+
+
+def _template(tree):
+    """Scalars as 0-d arrays, as they were saved: orbax cannot restore into a numpy scalar."""
+    as_array = lambda x: x if isinstance(x, jax.Array | np.ndarray) else np.asarray(x)
+    return jax.tree_util.tree_map(as_array, tree)
+
+
+def _digest(tree) -> str:
+    """sha256 over every leaf's dtype, shape and bytes, in tree order."""
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(tree):
+        array = np.asarray(leaf)
+        h.update(f"{array.dtype.str}{array.shape};".encode())
+        h.update(np.ascontiguousarray(array).data)
+    return h.hexdigest()
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _short(error: BaseException) -> str:
+    """The error on one short line."""
+    if isinstance(error, _Mismatch):
+        text = str(error)
+    elif isinstance(error, OSError) and error.strerror:
+        text = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    else:
+        text = f"{type(error).__name__}: {error}"
+    text = " ".join(text.split())
+    return text if len(text) <= 120 else text[:117] + "..."
