@@ -1,74 +1,102 @@
-"""Train a jaxnet network: python train.py [--config configs/NAME.py] [--workdir DIR] [--config.key=value ...].
+"""Train a jaxnet network: python train.py [--config FILE] [--workdir DIR] [--config.KEY=VALUE ...].
 
-With no flags it trains configs/default.py into a fresh folder under runs/. Running the same
-command with the same --workdir resumes from its last checkpoint. --mode=evaluate loads the
-workdir's best parameters and reports test accuracy and the confusion matrix.
+With no flags it trains configs/default.py into a fresh folder under runs/. The same --workdir
+again resumes from its newest intact checkpoint, with the config saved there: flags may change
+only the keys marked * in `--mode=keys`. --mode=evaluate reports a workdir's best parameters on
+the test split, from the workdir alone. --mode=keys lists every config key, its value, default
+range and meaning. Bad input stops with one line on stderr and exit status 2 (1 for a failed run,
+130 for a signal); nothing already saved is lost.
 """
 
 import os
+import signal
 import sys
-import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(
-    0, _HERE
-)  # so configs can import each other (configs/tpu.py builds on configs/cifar10.py)
+DEFAULT_CONFIG = os.path.join(_HERE, "configs", "default.py")
 
-from jaxnet.training import xla_cpu  # noqa: E402
 
-xla_cpu.prefer_xla_convolutions()  # before JAX starts: see jaxnet/training/xla_cpu.py
+def _stop_at_once(signum, frame):
+    print(f"stopped: signal {signum} during start-up; nothing was saved", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(130)
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-config_flags.DEFINE_config_file(
-    "config", os.path.join(_HERE, "configs", "default.py"), "Training config file."
-)
-flags.DEFINE_string(
-    "workdir",
-    None,
-    "Run folder: checkpoints, metrics, plots. Default: a fresh runs/<config>-<time>.",
-)
-flags.DEFINE_enum(
-    "mode",
-    "train",
-    ["train", "evaluate"],
-    "Train (and resume), or evaluate a workdir's best checkpoint.",
-)
-FLAGS = flags.FLAGS
+def _fail(message: str, status: int) -> None:
+    if status != 130:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(status)
+    print(f"stopped: {message}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # A signal can land while XLA or orbax threads are mid-work; what had to be saved is saved,
+    # and tearing the interpreter down under those threads can crash it, so leave at once.
+    os._exit(status)
+
+
+def _define_flags():
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training config file.")
+    flags.DEFINE_string("workdir", None, "Run folder; default: a fresh runs/<config>-<time>.")
+    flags.DEFINE_enum(
+        "mode",
+        "train",
+        ["train", "evaluate", "keys"],
+        "train (and resume); evaluate a workdir's best checkpoint; keys: list the config keys.",
+    )
+    return flags.FLAGS
+
+
+def define_flags(argv):
+    """The flags, after a check of the config file and keys: ml_collections reads them here."""
+    from jaxnet.training import cli
+
+    try:
+        cli.check_argv(argv[1:])
+        return _define_flags()
+    except cli.ConfigError as error:
+        _fail(str(error), 2)
+    except Exception as error:  # noqa: BLE001  (ml_collections' own errors, in one line)
+        _fail(cli.flag_error_line(error), 2)
+
+
+def parse_flags(argv):
+    """absl's parse, with every bad flag or value reported in one line."""
+    from jaxnet.training import cli
+
+    try:
+        return FLAGS(argv)
+    except Exception as error:  # noqa: BLE001  (absl's and ml_collections' errors alike)
+        _fail(cli.flag_error_line(error), 2)
 
 
 def main(argv):
+    from absl import logging
+
+    from jaxnet.training import cli
+
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.key=value")
-    if not FLAGS[
-        "verbosity"
-    ].present:  # orbax and jax log every save at INFO: keep the table readable
+        _fail(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE", 2)
+    if not FLAGS["verbosity"].present:  # orbax logs every save at INFO: keep the table readable
         logging.set_verbosity(logging.WARNING)
-    from jaxnet.training import multihost, trainer
-
-    multihost.initialize()
-    workdir = FLAGS.workdir
-    if workdir is None:
-        name = os.path.splitext(
-            os.path.basename(config_flags.get_config_filename(FLAGS["config"]))
-        )[0]
-        workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    from jaxnet.data import DatasetNotFoundError
-    from jaxnet.training.config import ConfigError
-
-    try:
-        if FLAGS.mode == "evaluate":
-            trainer.evaluate_workdir(FLAGS.config, workdir)
-        else:
-            trainer.train_and_evaluate(FLAGS.config, workdir)
-    except trainer.Interrupted as stop:  # expected stops get one clear line, not a traceback
-        print(f"stopped: {stop}", file=sys.stderr)
-        sys.exit(130)
-    except (ConfigError, DatasetNotFoundError, trainer.NonFiniteLossError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    status, message = cli.run(FLAGS, DEFAULT_CONFIG)
+    if message:
+        _fail(message, status)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # one line, not a traceback or a silent death
+        signal.signal(sig, _stop_at_once)
+    try:
+        sys.path.insert(0, _HERE)  # configs import each other (configs/tpu.py uses cifar10.py)
+        from jaxnet.training import xla_cpu
+
+        xla_cpu.prefer_xla_convolutions()  # before JAX starts: see jaxnet/training/xla_cpu.py
+        from absl import app
+
+        FLAGS = define_flags(sys.argv)
+        app.run(main, flags_parser=parse_flags)
+    except KeyboardInterrupt as interrupt:
+        _fail(str(interrupt) or "interrupted during start-up; nothing was saved", 130)

@@ -1,21 +1,26 @@
-"""Train the same network on the same data with jaxnet, Flax NNX and PyTorch; compare throughput and time-to-accuracy.
+"""Train one network with jaxnet, Flax NNX and PyTorch; compare throughput and time-to-accuracy.
+
+Each implementation trains the same network on the same data.
 
     python bench/compare.py                          # every row, jaxnet vs flax vs torch
     python bench/compare.py --rows cnn --quick       # a smoke run of a few steps
     python bench/compare.py --json bench.json        # also write the results
 
 Per row and implementation it reports
-- examples/s: training throughput after warm-up (compilation), over a fixed number of full batches,
-  repeated `--repeats` times with the implementations interleaved; the median repeat is shown;
-- time-to-accuracy: seconds from an empty start (building the model and optimizer, placing the data,
-  compiling) to the first evaluation whose test accuracy reaches the row's target. Evaluations happen
-  at the same steps for everyone (every `eval_every` steps and at each epoch's end) and their own
-  time is left out of the clock, so evaluating more or less often changes no implementation's figure.
+- examples/s: training throughput after warm-up (compilation), over a fixed number of full
+  batches, repeated `--repeats` times with the implementations interleaved; the median repeat is
+  shown;
+- time-to-accuracy: seconds from an empty start (building the model and optimizer, placing the
+  data, compiling) to the first evaluation whose test accuracy reaches the row's target.
+  Evaluations happen at the same steps for everyone (every `eval_every` steps and at each epoch's
+  end) and their own time is left out of the clock, so evaluating more or less often changes no
+  implementation's figure.
 
-Fairness rules, the same for every implementation: the network, initialisation scheme, loss, optimizer
-hyper-parameters and batch size come from one jaxnet config per row; every epoch visits the training set
-in the same shuffled order (jaxnet's `epoch_plan`, so the batches are identical), including the last,
-partial batch; float32 throughout; one process on all the CPU cores this process may use.
+Fairness rules, the same for every implementation: the network, initialisation scheme, loss,
+optimizer hyper-parameters and batch size come from one jaxnet config per row; every epoch visits
+the training set in the same shuffled order (jaxnet's `epoch_plan`, so the batches are identical),
+including the last, partial batch; float32 throughout; one process on all the CPU cores this
+process may use.
 """
 
 from __future__ import annotations
@@ -47,8 +52,9 @@ import jax.numpy as jnp  # noqa: E402
 from jaxnet import shapes  # noqa: E402
 from jaxnet.data import Dataset, Split, load_dataset  # noqa: E402
 from jaxnet.models import build_model  # noqa: E402
-from jaxnet.training import trainer  # noqa: E402
-from jaxnet.training.loop import Runner, epoch_plan, make_evaluate  # noqa: E402
+from jaxnet.training import build  # noqa: E402
+from jaxnet.training.placement import Single  # noqa: E402
+from jaxnet.training.steps import epoch_plan, make_evaluate, run_epoch  # noqa: E402
 
 IMPLEMENTATIONS = (
     "jaxnet",
@@ -56,28 +62,32 @@ IMPLEMENTATIONS = (
     "torch",
     "flax_scan",
 )  # flax_scan: opt-in, Flax with jaxnet's chunking
-TORCH_MISSING = "PyTorch is not installed: run `pip install torch==2.13.0` (or `pip install -e '.[bench]'`), or pass --impls jaxnet,flax"
-VALIDATION_SIZE = (
-    5000  # held out as configs/default.py does, so every row trains on the same 55,000 images
+TORCH_MISSING = (
+    "PyTorch is not installed: run `pip install torch==2.13.0` "
+    "(or `pip install -e '.[bench]'`), or pass --impls jaxnet,flax"
 )
+# held out as configs/default.py does, so every row trains on the same 55,000 images
+VALIDATION_SIZE = 5000
 QUICK_TRAIN, QUICK_TEST = 8192, 1000  # --quick trains on this many images and tests on this many
 MATMUL_N = 2048  # the matrix product whose rate is the machine's ceiling in the table
 
 
-# ------------------------------------------------------------------------------------------------------------- rows
+# --------------------------------------------------------------------------------------------- rows
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One network to compare: its jaxnet config (the single description all three follow) and how to time it."""
+    """One network to compare: its jaxnet config and how to time it.
+
+    The config is the single description all three implementations follow.
+    """
 
     name: str
     summary: str
     config: Callable  # () -> the jaxnet ConfigDict; steps_per_chunk in it is what jaxnet runs with
     target: float  # test accuracy that stops the time-to-accuracy clock
-    eval_every: (
-        int  # steps between evaluations (a multiple of steps_per_chunk); also at each epoch's end
-    )
+    # steps between evaluations (a multiple of steps_per_chunk); also at each epoch's end
+    eval_every: int
     max_epochs: int  # time-to-accuracy gives up after this many epochs ...
     max_seconds: float  # ... or this much training time, whichever comes first
     throughput_steps: int  # timed steps per repeat (a multiple of steps_per_chunk)
@@ -90,26 +100,35 @@ def _configs():
 
 
 def nielsen_config():
-    """configs/nielsen.py (784-30-10 sigmoid, binary cross-entropy, SGD 0.5, batch 10) on Fashion-MNIST."""
+    """configs/nielsen.py on Fashion-MNIST.
+
+    784-30-10 sigmoid, binary cross-entropy, SGD 0.5, batch 10.
+    """
     c = _configs()[1].get_config()
     c.dataset.name = "fashion_mnist"
     c.dataset.validation_size = VALIDATION_SIZE
-    c.steps_per_chunk = 10  # 50 runs ~1.8x more steps/s but compiles ~5 s longer than 10: more than this row's training
+    # 50 runs ~1.8x more steps/s but compiles ~5 s longer than 10: more than this row's training
+    c.steps_per_chunk = 10
     return c
 
 
 def cnn_config():
-    """configs/default.py: conv32-pool-conv64-pool-dense128-dropout-dense10, Adam 1e-3, batch 128."""
+    """configs/default.py: the default CNN.
+
+    conv32-pool-conv64-pool-dense128-dropout-dense10, Adam 1e-3, batch 128.
+    """
     c = _configs()[0].get_config()
     c.devices.strategy = "single"
-    c.steps_per_chunk = (
-        2  # as configs/default.py: ~30 ms steps, so longer chunks buy little and compile longer
-    )
+    # as configs/default.py: ~30 ms steps, so longer chunks buy little and compile longer
+    c.steps_per_chunk = 2
     return c
 
 
 def wide_mlp_config(width=2048):
-    """784-width-width-10 ReLU MLP, Adam 1e-3, batch 1024: almost all of a step is three large matmuls and their gradients."""
+    """784-width-width-10 ReLU MLP, Adam 1e-3, batch 1024.
+
+    Almost all of a step is three large matmuls and their gradients.
+    """
     c = _configs()[0].get_config()
     c.model.kind = "mlp"
     c.model.hidden = (width, width)
@@ -117,12 +136,15 @@ def wide_mlp_config(width=2048):
     c.model.dropout = 0.0
     c.batch_size = 1024
     c.devices.strategy = "single"
-    c.steps_per_chunk = 2  # ~0.2 s steps of matmuls: 2 measured ~5% faster than 1 (one sync per two steps), 0.8 s more compile
+    # ~0.2 s steps of matmuls: 2 measured ~5% faster than 1 (one sync per two steps),
+    # 0.8 s more compile
+    c.steps_per_chunk = 2
     return c
 
 
 ROWS = {
-    # Targets are first reached in 1-2 epochs; nielsen's noisy SGD hovers around 80-82% for most of its first epoch.
+    # Targets are first reached in 1-2 epochs; nielsen's noisy SGD hovers around 80-82% for most
+    # of its first epoch.
     "nielsen": Row(
         "nielsen",
         "MLP 784-30-10 sigmoid, BCE, SGD 0.5, batch 10",
@@ -157,7 +179,10 @@ ROWS = {
 
 
 def quick_row(row: Row) -> Row:
-    """A few steps of the same row (one evaluation, then give up) on a small subset: every code path, in seconds."""
+    """A few steps of the same row (one evaluation, then give up) on a small subset.
+
+    It runs every code path, in seconds.
+    """
     config = row.config
 
     def small_config():
@@ -172,16 +197,22 @@ def quick_row(row: Row) -> Row:
     )
 
 
-# ------------------------------------------------------------------------------------------------- implementations
+# ---------------------------------------------------------------------------------- implementations
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-    """The training-set order of an epoch: exactly jaxnet's `epoch_plan` batches, flattened (padding comes last)."""
+    """The training-set order of an epoch.
+
+    Exactly jaxnet's `epoch_plan` batches, flattened (padding comes last).
+    """
     return epoch_plan(num_examples, num_examples, 1, seed, epoch).indices.reshape(-1)[:num_examples]
 
 
 class Implementation:
-    """A framework training one row: `setup` builds everything, `train` runs steps of an epoch, `accuracy` tests."""
+    """A framework training one row.
+
+    `setup` builds everything, `train` runs steps of an epoch, `accuracy` tests.
+    """
 
     name = ""
 
@@ -215,27 +246,22 @@ class Implementation:
 
 
 class Jaxnet(Implementation):
-    """The path train.py takes: trainer.setup (build_model, the objective, build_optimizer), Runner chunks over epoch_plan."""
+    """The path train.py takes: build.Built, a Single placement, steps.run_epoch over the plan."""
 
     name = "jaxnet"
 
     def setup(self):
-        _, model, loss_fn, optimizer, state = trainer.setup(
-            self.config, log=lambda *a: None, dataset=self.dataset
-        )
-        self.runner = Runner("single", model, loss_fn, optimizer)
-        self.images, self.labels = self.runner.put_data(
-            self.dataset.train.images, self.dataset.train.labels
-        )
-        self.state = self.runner.put_state(state)
-        self.evaluate = make_evaluate(model, loss_fn, self.dataset.num_classes)
+        built = build.Built(self.config, self.dataset)
+        self.placement = Single(built.model, built.loss_fn, built.optimizer)
+        train = self.dataset.train
+        self.data = self.placement.put_data(train.images, train.labels)
+        self.state = self.placement.put_state(built.initial_state())
+        self.evaluate = make_evaluate(built.model, built.loss_fn, self.dataset.num_classes)
         self._plan_epoch, self._plan = None, None
 
     def num_parameters(self):
-        return sum(
-            int(np.size(leaf))
-            for leaf in jax.tree_util.tree_leaves(self.runner.host_state(self.state).params)
-        )
+        params = self.placement.host_state(self.state).params
+        return sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
 
     def plan(self, epoch: int):
         if self._plan_epoch != epoch:
@@ -247,30 +273,29 @@ class Jaxnet(Implementation):
 
     def train(self, epoch, start, stop):
         plan = self.plan(epoch)
-        k = plan.indices.shape[1]
+        k = plan.chunk_steps
         if start % k or (stop % k and stop != plan.steps):
             raise ValueError(
                 f"jaxnet runs whole chunks of {k} steps: cannot run steps [{start}, {stop})"
             )
-        for c in range(start // k, math.ceil(stop / k)):
-            self.state, risks = self.runner.run_chunk(
-                self.state, self.images, self.labels, plan.indices[c], plan.weights[c]
-            )
-            risks = np.asarray(risks)[
-                : plan.steps - c * k
-            ]  # the trainer waits for each chunk's risks to check them; so do we
-            if not np.all(np.isfinite(risks)):
+        # the trainer's own loop: it waits for each chunk's risks to check them
+        for state, result in run_epoch(self.placement, self.state, self.data, plan, start // k):
+            self.state = state
+            if not np.all(np.isfinite(result.risks)):
                 raise FloatingPointError(
-                    f"jaxnet: non-finite training risk in epoch {epoch + 1}, chunk {c + 1}"
+                    f"jaxnet: non-finite training risk in epoch {epoch + 1}, "
+                    f"chunk {result.chunk + 1}"
                 )
+            if (result.chunk + 1) * k >= stop:
+                break
 
     def accuracy(self):
-        params = self.runner.host_state(self.state).params
+        params = self.placement.host_state(self.state).params
         _, error, _ = self.evaluate(params, self.dataset.test.images, self.dataset.test.labels)
         return 1.0 - error
 
 
-# ---------------------------------------------------------------------------------------------------------- Flax NNX
+# ----------------------------------------------------------------------------------------- Flax NNX
 
 
 def _flax_kernel_init(init_name: str):
@@ -278,15 +303,16 @@ def _flax_kernel_init(init_name: str):
 
     if init_name == "nielsen":  # N(0, 1 / fan_in), as jaxnet.models._nielsen
         return nnx.initializers.variance_scaling(1.0, "fan_in", "normal")
-    if (
-        init_name == "glorot"
-    ):  # jaxnet's default, jax.nn.initializers.glorot_normal (truncated normal)
+    if init_name == "glorot":  # jaxnet's default, jax.nn.initializers.glorot_normal (truncated)
         return nnx.initializers.glorot_normal()
     raise ValueError(f"the benchmark does not map init {init_name!r} to Flax")
 
 
 def _flax_model(model_config, input_shape, num_classes, rngs):
-    """The network of `model_config` as an nnx.Module, written the way the Flax NNX MNIST tutorial writes one."""
+    """The network of `model_config` as an nnx.Module.
+
+    It is written the way the Flax NNX MNIST tutorial writes one.
+    """
     from flax import nnx
 
     activation = {"sigmoid": nnx.sigmoid, "relu": nnx.relu}[model_config.activation]
@@ -367,7 +393,10 @@ def _optax_loss(config, num_classes):
 
 
 class Flax(Implementation):
-    """Idiomatic Flax NNX: nnx.Optimizer over optax, an @nnx.jit train step called once per batch of numpy arrays."""
+    """Idiomatic Flax NNX: nnx.Optimizer over optax, an @nnx.jit train step.
+
+    The step is called once per batch of numpy arrays.
+    """
 
     name = "flax"
 
@@ -428,7 +457,10 @@ class Flax(Implementation):
 
 
 class FlaxScan(Flax):
-    """Flax NNX through its functional API (nnx.split / nnx.merge), chunked like jaxnet: K steps per call, unrolled on CPU."""
+    """Flax NNX through its functional API (nnx.split / nnx.merge), chunked like jaxnet.
+
+    K steps per call, unrolled on CPU.
+    """
 
     name = "flax_scan"
 
@@ -451,8 +483,9 @@ class FlaxScan(Flax):
 
             if jax.default_backend() != "cpu":
                 return jax.lax.scan(step, state, indices)
-            # Unrolled in Python, as jaxnet unrolls on CPU, and without lax.scan: a 1-step scan stays a while
-            # loop, inside which XLA:CPU leaves convolution gradients on a ~20x slower path.
+            # Unrolled in Python, as jaxnet unrolls on CPU, and without lax.scan: a 1-step scan
+            # stays a while loop, inside which XLA:CPU leaves convolution gradients on a ~20x
+            # slower path.
             values = []
             for idx in indices:
                 state, value = step(state, idx)
@@ -473,9 +506,8 @@ class FlaxScan(Flax):
             self.graph_state, values = self.chunk(
                 self.graph_state, self.images, self.labels, indices
             )
-        if (
-            len(full) < stop - start
-        ):  # the epoch's last, partial batch: a shape of its own, compiled once
+        if len(full) < stop - start:
+            # the epoch's last, partial batch: a shape of its own, compiled once
             indices = self.batch_indices(epoch, stop - 1)[None]
             self.graph_state, values = self.chunk(
                 self.graph_state, self.images, self.labels, indices
@@ -492,7 +524,7 @@ class FlaxScan(Flax):
         return result
 
 
-# ----------------------------------------------------------------------------------------------------------- PyTorch
+# ------------------------------------------------------------------------------------------ PyTorch
 
 
 def import_torch():
@@ -504,7 +536,10 @@ def import_torch():
 
 
 def _torch_init(module, init_name: str):
-    """jaxnet's initialisation scheme for a torch Linear or Conv2d: weights as named, biases zero."""
+    """jaxnet's initialisation scheme for a torch Linear or Conv2d.
+
+    Weights are drawn as named, biases are zero.
+    """
     torch = import_torch()
     w = module.weight
     receptive = math.prod(w.shape[2:]) if w.dim() > 2 else 1
@@ -512,9 +547,9 @@ def _torch_init(module, init_name: str):
     with torch.no_grad():
         if init_name == "nielsen":
             torch.nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fan_in))
-        elif (
-            init_name == "glorot"
-        ):  # jax's glorot_normal: a normal truncated at 2 sigma, rescaled to variance 2/(fan_in + fan_out)
+        elif init_name == "glorot":
+            # jax's glorot_normal: a normal truncated at 2 sigma, rescaled to variance
+            # 2/(fan_in + fan_out)
             std = math.sqrt(2.0 / (fan_in + fan_out)) / 0.87962566103423978
             torch.nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std)
         else:
@@ -550,7 +585,10 @@ def _torch_model(model_config, input_shape, num_classes):
 
 
 class Torch(Implementation):
-    """Idiomatic PyTorch: nn.Sequential, torch.optim, in-memory NCHW tensors, a Python loop of eager steps."""
+    """Idiomatic PyTorch: nn.Sequential, torch.optim, in-memory NCHW tensors.
+
+    Training is a Python loop of eager steps.
+    """
 
     name = "torch"
 
@@ -626,19 +664,26 @@ class Torch(Implementation):
 CLASSES = {"jaxnet": Jaxnet, "flax": Flax, "torch": Torch, "flax_scan": FlaxScan}
 
 
-# ----------------------------------------------------------------------------------------------------------- timing
+# ------------------------------------------------------------------------------------------- timing
 
 
 def eval_segments(steps_per_epoch: int, eval_every: int, max_epochs: int):
-    """(epoch, first step, end step) of the training between two evaluations: every eval_every steps and at epoch ends."""
+    """(epoch, first step, end step) of the training between two evaluations.
+
+    Evaluations come every eval_every steps and at epoch ends.
+    """
     for epoch in range(max_epochs):
         for start in range(0, steps_per_epoch, eval_every):
             yield epoch, start, min(start + eval_every, steps_per_epoch)
 
 
 def time_to_accuracy(impl: Implementation, row: Row) -> dict:
-    """Train from nothing until the test accuracy reaches row.target; the clock stops while evaluating."""
-    jax.clear_caches()  # start cold, as a fresh process would: no executables compiled by an earlier run or framework
+    """Train from nothing until the test accuracy reaches row.target.
+
+    The clock stops while evaluating.
+    """
+    # start cold, as a fresh process would: no executables compiled by an earlier run or framework
+    jax.clear_caches()
     clock = 0.0
     tic = time.perf_counter()
     impl.setup()
@@ -674,7 +719,10 @@ def time_to_accuracy(impl: Implementation, row: Row) -> dict:
 
 
 def throughput(impl: Implementation, steps: int, repeat: int) -> float:
-    """Examples per second over `steps` full batches, after one untimed warm-up batch group of the same epoch."""
+    """Examples per second over `steps` full batches.
+
+    They follow one untimed warm-up batch group of the same epoch.
+    """
     epoch = 10_000 + repeat  # an epoch no time-to-accuracy run reaches: fresh batches, all full
     warm = impl.config.steps_per_chunk if isinstance(impl, (Jaxnet, FlaxScan)) else 1
     impl.train(epoch, 0, warm)
@@ -684,13 +732,19 @@ def throughput(impl: Implementation, steps: int, repeat: int) -> float:
 
 
 def training_flops_per_example(config, dataset: Dataset) -> int:
-    """Multiply-adds x 2 of one training example: forward, weight gradients, and input gradients but the first layer's."""
+    """Multiply-adds x 2 of one training example.
+
+    It counts the forward pass, weight gradients, and input gradients but the first layer's.
+    """
     macs = shapes.multiply_adds(build_model(config.model, dataset.num_classes), dataset.input_shape)
     return 2 * (3 * sum(macs) - next(m for m in macs if m))
 
 
 def matmul_gflops(n: int, repeats: int = 5) -> float:
-    """This machine's float32 rate on one large matrix product in XLA (best of `repeats`): the ceiling for the rows' arithmetic."""
+    """This machine's float32 rate on one large matrix product in XLA (best of `repeats`).
+
+    It is the ceiling for the rows' arithmetic.
+    """
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     product = jax.jit(lambda a: a @ a)
     product(a).block_until_ready()
@@ -713,11 +767,13 @@ def run_row(
     n = len(dataset.train)
     if row.eval_every % config.steps_per_chunk or row.throughput_steps % config.steps_per_chunk:
         raise ValueError(
-            f"{row.name}: eval_every and throughput_steps must be multiples of steps_per_chunk={config.steps_per_chunk}"
+            f"{row.name}: eval_every and throughput_steps must be multiples of "
+            f"steps_per_chunk={config.steps_per_chunk}"
         )
     if (row.throughput_steps + config.steps_per_chunk) * config.batch_size > n:
         raise ValueError(
-            f"{row.name}: {row.throughput_steps} timed steps do not fit in one epoch of {n} examples"
+            f"{row.name}: {row.throughput_steps} timed steps do not fit in one epoch "
+            f"of {n} examples"
         )
     load_before = os.getloadavg()
     results = {name: {"tta": []} for name in impls}
@@ -736,25 +792,24 @@ def run_row(
                 else f"not reached (last {tta['final_accuracy']:.2%})"
             )
             log(
-                f"    {shown}; setup {tta['setup_seconds']:.2f} s, first segment {tta['first_segment_seconds']:.2f} s"
+                f"    {shown}; setup {tta['setup_seconds']:.2f} s, "
+                f"first segment {tta['first_segment_seconds']:.2f} s"
             )
             trained[name] = impl  # the last seed's implementation, compiled, times the throughput
             results[name]["parameters"] = impl.num_parameters()
     for name in impls:
         results[name]["examples_per_s"] = []
     for repeat in range(repeats):
-        for (
-            name
-        ) in impls:  # interleaved, so that a burst of outside load hits every implementation alike
+        # interleaved, so that a burst of outside load hits every implementation alike
+        for name in impls:
             rate = throughput(trained[name], row.throughput_steps, repeat)
             results[name]["examples_per_s"].append(rate)
             log(f"  {row.name}/{name} throughput repeat {repeat + 1}: {rate:,.0f} examples/s")
     for name in impls:
         r = results[name]
         r["examples_per_s_median"] = statistics.median(r["examples_per_s"])
-        r["examples_per_s_best"] = max(
-            r["examples_per_s"]
-        )  # the least disturbed repeat, if the machine was not idle
+        # the least disturbed repeat, if the machine was not idle
+        r["examples_per_s_best"] = max(r["examples_per_s"])
         r["gflops"] = r["examples_per_s_median"] * flops / 1e9
         times = [t["seconds"] for t in r["tta"] if t["reached"]]
         r["tta_reached"] = f"{len(times)}/{len(r['tta'])}"
@@ -790,14 +845,15 @@ def run_row(
     }
 
 
-# ----------------------------------------------------------------------------------------------------------- output
+# ------------------------------------------------------------------------------------------- output
 
 
 def format_table(results: dict) -> str:
     """The rows as a fixed-width table; speed-ups > 1 mean jaxnet is faster."""
     peak = results["machine"].get("matmul_gflops")
     lines = [
-        f"{'row':<9} {'impl':<10} {'batch':>5} {'examples/s':>12} {'GFLOP/s':>8} {'time-to-acc':>13} {'at step':>8} {'last eval':>9}"
+        f"{'row':<9} {'impl':<10} {'batch':>5} {'examples/s':>12} {'GFLOP/s':>8} "
+        f"{'time-to-acc':>13} {'at step':>8} {'last eval':>9}"
     ]
     for name, row in results["rows"].items():
         lines.append("-" * len(lines[0]))
@@ -815,20 +871,24 @@ def format_table(results: dict) -> str:
             final = statistics.median(t["final_accuracy"] for t in r["tta"])
             label = name if impl == next(iter(row["implementations"])) else ""
             lines.append(
-                f"{label:<9} {impl:<10} {row['batch_size']:>5} {r['examples_per_s_median']:>12,.0f} {r['gflops']:>8.1f} {tta:>13} {step:>8} {final:>9.2%}"
+                f"{label:<9} {impl:<10} {row['batch_size']:>5} "
+                f"{r['examples_per_s_median']:>12,.0f} {r['gflops']:>8.1f} "
+                f"{tta:>13} {step:>8} {final:>9.2%}"
             )
         speedups = []
         for pair, s in row["speedups"].items():
             tta = f"{s['time_to_accuracy']:.2f}x" if s["time_to_accuracy"] else "n/a"
             speedups.append(f"{pair}: {s['throughput']:.2f}x throughput, {tta} time-to-acc")
         lines.append(
-            f"{'':<9} target {row['target_accuracy']:.0%} test accuracy; jaxnet steps_per_chunk={row['jaxnet_steps_per_chunk']}"
+            f"{'':<9} target {row['target_accuracy']:.0%} test accuracy; "
+            f"jaxnet steps_per_chunk={row['jaxnet_steps_per_chunk']}"
         )
         lines.extend(f"{'':<9} {s}" for s in speedups)
     if peak:
         lines.append("-" * len(lines[0]))
         lines.append(
-            f"GFLOP/s: training arithmetic done per second; one {MATMUL_N}x{MATMUL_N} float32 matmul in XLA runs at {peak:.0f} here"
+            f"GFLOP/s: training arithmetic done per second; one {MATMUL_N}x{MATMUL_N} float32 "
+            f"matmul in XLA runs at {peak:.0f} here"
         )
     return "\n".join(lines)
 
@@ -921,11 +981,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if "torch" in args.impls:
         torch = import_torch()
-        torch.set_num_threads(
-            len(os.sched_getaffinity(0))
-        )  # every core this process may use, as XLA does
-        # XLA flushes denormals to zero; without the same mode, torch's run time would depend on whether XLA had
-        # already set the flag on this thread, and the sigmoid net's tiny gradients make denormals 40-100x slower.
+        # every core this process may use, as XLA does
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        # XLA flushes denormals to zero; without the same mode, torch's run time would depend on
+        # whether XLA had already set the flag on this thread, and the sigmoid net's tiny gradients
+        # make denormals 40-100x slower.
         torch.set_flush_denormal(True)
         torch.ones(8).sum().item()  # one-time library start-up, charged to no row
     x64 = jax.config.jax_enable_x64
@@ -935,7 +995,8 @@ def main(argv=None) -> dict:
         jnp.ones(8).sum().block_until_ready()  # the CPU client's start-up, charged to no row
         log = functools.partial(print, file=sys.stderr, flush=True)
         log(
-            f"Fashion-MNIST: {len(dataset.train)} train / {len(dataset.test)} test images; {', '.join(args.impls)}"
+            f"Fashion-MNIST: {len(dataset.train)} train / {len(dataset.test)} test images; "
+            f"{', '.join(args.impls)}"
         )
         results = {
             "machine": {**machine_info(args.impls), "matmul_gflops": matmul_gflops(MATMUL_N)},

@@ -1,6 +1,9 @@
-"""A CIFAR-10 CNN: two conv-conv-pool blocks (64, 128 maps), a 256-unit layer, dropout, momentum with a step schedule."""
+"""A CIFAR-10 CNN: two conv-conv-pool blocks (64, 128 maps), 256 units, dropout, Nesterov.
 
-from jaxnet.training.defaults import base_config
+Momentum with a step schedule and weight decay.
+"""
+
+from jaxnet.training.config import base_config
 
 
 def get_config():

@@ -1,6 +1,9 @@
-"""The default: a small CNN (two conv-relu-pool blocks, a 128-unit dense layer) on Fashion-MNIST with Adam and a cosine schedule."""
+"""The default: a small CNN on Fashion-MNIST with Adam and a cosine schedule.
 
-from jaxnet.training.defaults import base_config
+Two conv-relu-pool blocks and a 128-unit dense layer.
+"""
+
+from jaxnet.training.config import base_config
 
 
 def get_config():
@@ -19,6 +22,7 @@ def get_config():
     config.batch_size = 128
     config.epochs = 15
     config.early_stopping.patience = 3
-    # A CNN step takes ~30 ms on 2 CPU cores, so dispatch is no cost; unrolled chunks of 10 steps took 6-7 s to compile, of 2 under 2 s.
+    # A CNN step takes ~30 ms on 2 CPU cores, so dispatch is no cost; unrolled chunks of 10
+    # steps took 6-7 s to compile, of 2 under 2 s.
     config.steps_per_chunk = 2
     return config

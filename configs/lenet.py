@@ -1,6 +1,9 @@
-"""LeNet-style CNN (conv 5x5x6, pool, conv 5x5x16, pool, 120, 84) on MNIST; use --config.dataset.name=fashion_mnist offline."""
+"""LeNet-style CNN (conv 5x5x6, pool, conv 5x5x16, pool, 120, 84) on MNIST.
 
-from jaxnet.training.defaults import base_config
+Offline, use --config.dataset.name=fashion_mnist.
+"""
+
+from jaxnet.training.config import base_config
 
 
 def get_config():

@@ -1,12 +1,15 @@
-"""The slides' MNIST MLP (003, after Nielsen ch. 3): 784-30-10 sigmoid units, mini-batch 10, eta 0.5, 30 epochs.
+"""The slides' MNIST MLP (003, after Nielsen ch. 3): 784-30-10 sigmoid units, batch 10, eta 0.5.
+
+30 epochs.
 
 The cost is chosen by one key, the hidden width by another:
-    --config.loss=binary_cross_entropy   (the slides' cross-entropy on sigmoid outputs: 95.49% / 96.82%)
+    --config.loss=binary_cross_entropy   (the slides' cross-entropy of sigmoid outputs:
+                                          95.49% / 96.82%)
     --config.loss=quadratic              (C = 1/2 ||y - a||^2: 95.42% / 96.59%)
     --config.model.hidden='(100,)'       (784-100-10)
 """
 
-from jaxnet.training.defaults import base_config
+from jaxnet.training.config import base_config
 
 
 def get_config():

@@ -1,4 +1,4 @@
-"""One process of a two-process jax.distributed job on CPU; tests/test_multihost.py starts two of these.
+"""One process of a two-process jax.distributed job on CPU; tests/test_multihost.py starts two.
 
     python tests/multihost_worker.py PORT PROCESS_ID STRATEGY SEED OUT.npz
 
@@ -16,9 +16,9 @@ STEPS = 50
 
 
 def make_case(seed: int):
-    """(config, dataset): a small MLP with Adam on a learnable toy problem, batch 32 over 50 steps."""
+    """(config, dataset): a small MLP with Adam on a learnable toy problem, batch 32."""
     from jaxnet.data import Dataset, Split
-    from jaxnet.training.defaults import base_config
+    from jaxnet.training.config import base_config
 
     rng = np.random.default_rng(seed)
     protos = rng.uniform(size=(4, 6, 6, 1)).astype(np.float32)
@@ -39,35 +39,33 @@ def make_case(seed: int):
 
 
 def params_after_steps(strategy: str, config, dataset, steps: int = STEPS):
-    """The parameters (host numpy) after `steps` steps of the trainer's own chunks, over as many epochs as it takes."""
+    """Host numpy parameters after `steps` steps of the trainer's own epochs."""
     import jax
 
-    from jaxnet.training import trainer
-    from jaxnet.training.loop import Runner, epoch_plan
+    from jaxnet.training import build
+    from jaxnet.training import steps as steps_lib
+    from jaxnet.training.placement import STRATEGIES
 
-    _, model, loss_fn, optimizer, state = trainer.setup(
-        config, dataset=dataset, log=lambda *a: None
-    )
-    runner = Runner(strategy, model, loss_fn, optimizer)
-    if runner.multi_process:
+    built = build.Built(config, dataset)
+    placement = STRATEGIES[strategy](built.model, built.loss_fn, built.optimizer)
+    state = built.initial_state()
+    if placement.multi_process:
         state = jax.tree_util.tree_map(np.asarray, state)
-    images, labels = runner.put_data(dataset.train.images, dataset.train.labels)
-    device_state = runner.put_state(state)
+    data = placement.put_data(dataset.train.images, dataset.train.labels)
+    device_state = placement.put_state(state)
     done, epoch = 0, 0
     while done < steps:
-        plan = epoch_plan(
+        plan = steps_lib.epoch_plan(
             len(dataset.train.labels), config.batch_size, config.steps_per_chunk, config.seed, epoch
         )
-        for c in range(plan.indices.shape[0]):
-            device_state, risks = runner.run_chunk(
-                device_state, images, labels, plan.indices[c], plan.weights[c]
-            )
-            np.asarray(risks)  # wait each chunk, as the trainer does
-            done += min(config.steps_per_chunk, plan.steps - c * config.steps_per_chunk)
+        chunks = steps_lib.run_epoch(placement, device_state, data, plan)
+        for state, result in chunks:
+            device_state = state
+            done += len(result.risks)
             if done >= steps:
                 break
         epoch += 1
-    host = runner.host_state(device_state)
+    host = placement.host_state(device_state)
     assert int(np.asarray(host.step)) == steps, int(np.asarray(host.step))
     return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(host.params)]
 

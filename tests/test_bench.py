@@ -1,4 +1,7 @@
-"""bench/compare.py in its --quick form: all rows run, the implementations build the same network and all learn."""
+"""bench/compare.py in its --quick form: all rows run.
+
+The implementations build the same network and all learn.
+"""
 
 import importlib.util
 import json
@@ -65,7 +68,8 @@ def test_quick_benchmark_compares_the_same_network_across_implementations(tmp_pa
     assert (
         rows["nielsen"]["implementations"]["jaxnet"]["parameters"] == 784 * 30 + 30 + 30 * 10 + 10
     )
-    # training arithmetic per example: 3x the forward multiply-adds, less the first layer's unneeded input gradient, x 2
+    # training arithmetic per example: 3x the forward multiply-adds, less the first layer's
+    # unneeded input gradient, x 2
     nielsen = [784 * 30, 30 * 10]
     cnn = [
         28 * 28 * 9 * 1 * 32,

@@ -411,6 +411,8 @@ def test_cifar10_binary_batches(tmp_path, key):
         f"{tmp_path}/{name}: labels[{index}] = {value} is out of range: "
         "expected integers in [0, 10)"
     )
+    records[name][index, 0] = 0  # mended, so that only the truncated file below is wrong
+    (tmp_path / name).write_bytes(records[name].tobytes())
     (tmp_path / "test_batch.bin").write_bytes(b"\x00" * 3000)
     with pytest.raises(ValueError, match=f"{tmp_path}/test_batch.bin: not a CIFAR-10 binary batch"):
         load_dataset("cifar10", data_dir=str(tmp_path), log=None)

@@ -1,4 +1,7 @@
-"""Two local processes joined by jax.distributed on CPU train exactly as one device does, and train.py runs multi-host."""
+"""Two local processes joined by jax.distributed on CPU train exactly as one device does.
+
+Also: train.py runs multi-host.
+"""
 
 import json
 import os
@@ -20,7 +23,10 @@ def _free_port() -> int:
 
 
 def _run_two(commands, env_extra=(), timeout=240):
-    """Start both processes, wait for both; a failure in one kills the other, so nothing waits on a dead peer."""
+    """Start both processes, wait for both.
+
+    A failure in one kills the other, so nothing waits on a dead peer.
+    """
     procs = []
     for i, cmd in enumerate(commands):
         env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
@@ -101,12 +107,7 @@ def test_train_py_on_two_hosts_shares_one_workdir_and_matches_one_process(tmp_pa
         timeout=240,
     )
     assert one.returncode == 0, one.stderr[-3000:]
-    two_rows = [
-        json.loads(r) for r in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
-    ]
-    one_rows = [
-        json.loads(r) for r in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
-    ]
+    two_rows, one_rows = (_epoch_rows(tmp_path / name) for name in ("two", "one"))
     assert len(two_rows) == len(one_rows) == 2
     for a, b in zip(
         two_rows, one_rows
@@ -118,6 +119,11 @@ def test_train_py_on_two_hosts_shares_one_workdir_and_matches_one_process(tmp_pa
     assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == sorted(
         os.listdir(tmp_path / "one" / "checkpoints")
     )
+
+
+def _epoch_rows(workdir):
+    rows = [json.loads(r) for r in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "epoch"]
 
 
 def test_initialize_is_a_no_op_alone_and_names_missing_variables(monkeypatch):
@@ -143,8 +149,8 @@ def test_initialize_is_a_no_op_alone_and_names_missing_variables(monkeypatch):
 def test_single_strategy_is_refused_in_a_multi_process_job(monkeypatch):
     import jax
 
-    from jaxnet.training.loop import Runner
+    from jaxnet.training.placement import Single
 
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     with pytest.raises(ValueError, match="strategy='single'.*2 processes"):
-        Runner("single", None, None, None)
+        Single(None, None, None)

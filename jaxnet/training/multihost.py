@@ -23,7 +23,10 @@ def _int_env(name: str):
 
 
 def initialize() -> bool:
-    """Join the other hosts of a multi-host job; alone, do nothing. Returns whether a job was joined."""
+    """Join the other hosts of a multi-host job; alone, do nothing.
+
+    Returns whether a job was joined.
+    """
     explicit = os.environ.get("JAX_COORDINATOR_ADDRESS")
     on_tpu_pod = os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
     if not (explicit or on_tpu_pod):
@@ -31,8 +34,9 @@ def initialize() -> bool:
     num_processes, process_id = _int_env("JAX_NUM_PROCESSES"), _int_env("JAX_PROCESS_ID")
     if explicit and not on_tpu_pod and (num_processes is None or process_id is None):
         raise ValueError(
-            f"JAX_COORDINATOR_ADDRESS={explicit} is set, so this is one process of a multi-host job, but "
-            f"JAX_NUM_PROCESSES={os.environ.get('JAX_NUM_PROCESSES')} and JAX_PROCESS_ID={os.environ.get('JAX_PROCESS_ID')}: "
+            f"JAX_COORDINATOR_ADDRESS={explicit} is set, so this is one process of a multi-host "
+            f"job, but JAX_NUM_PROCESSES={os.environ.get('JAX_NUM_PROCESSES')} and "
+            f"JAX_PROCESS_ID={os.environ.get('JAX_PROCESS_ID')}: "
             "set both (or unset JAX_COORDINATOR_ADDRESS to train on this machine alone)"
         )
     # CPU hosts exchange gradients through gloo; accelerators ignore this setting.

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -117,6 +118,8 @@ class Report:
         if write_files:
             self._metrics = _open_metrics(os.path.join(workdir, "metrics.jsonl"), resume_step)
             self._tb = _open_tensorboard(os.path.join(workdir, "tensorboard"), resume_step)
+            # matplotlib takes ~0.5 s to import: do it while the run compiles, not at its end
+            threading.Thread(target=_import_plotting, daemon=True).start()
 
     @property
     def compile_seconds(self) -> float | None:
@@ -294,13 +297,21 @@ class Report:
             self._metrics.flush()
 
     def _scalars(self, step: int, values: dict) -> None:
-        """TensorBoard scalars, flushed; NaN (an empty split) and None are left out."""
+        """TensorBoard scalars; NaN (an empty split) and None are left out."""
         if self._tb is None:
             return
         for tag, value in values.items():
             if value is not None and math.isfinite(value):
                 self._tb.add_scalar(tag, float(value), step)
-        self._tb.flush()
+
+    def flush(self) -> None:
+        """Everything written so far onto the disk: the trainer calls it before each checkpoint.
+
+        TensorBoard's writer syncs the file at each flush, so per chunk it would cost more than
+        a small model's steps; before a checkpoint it keeps a resumed run's events complete.
+        """
+        if self._tb is not None:
+            self._tb.flush()
 
 
 def table_row(row: dict) -> str:
@@ -394,6 +405,11 @@ class _Events:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def _import_plotting() -> None:
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
 
 
 def plot_learning_curves(history: list, path: str) -> None:

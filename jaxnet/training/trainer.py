@@ -1,34 +1,42 @@
-"""train_and_evaluate(config, workdir): the whole run train.py starts, callable from tests.
+"""train_and_evaluate(config, workdir): the run train.py starts, as stages a test can call.
 
-Per epoch: shuffled batches from (seed, epoch), compiled chunks of steps with a progress bar,
-then the validation zero-one error, which drives early termination (keeping the best parameters)
-and the divide-by-10 plateau schedule. A checkpoint follows every epoch (and every N chunks if
-asked), so running the same command again resumes exactly where the last one stopped. SIGTERM
-and Ctrl-C save at the next chunk boundary and exit; a NaN or Inf risk stops the run, naming the
-step, with the last good checkpoint left in place.
+    prepare      validate the config, the workdir and the data; build; nothing is written
+                 before every check has passed
+    restore      the newest intact checkpoint, or step 0
+    train_epoch  compiled chunks of steps (`steps.run_epoch`), then the validation error, which
+                 drives early termination (keeping the best parameters) and the plateau schedule
+    finish       the test split with the best parameters, summary.json and the plots
+
+The run's state between stages is a `Run`. Checkpoints are written in the background at chunk
+ends (by steps or by time, and always at the end), so running the same command again resumes
+exactly where the last one stopped. SIGTERM and Ctrl-C save at the next chunk boundary and exit;
+a NaN or Inf risk stops the run, naming the step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fcntl
 import json
 import os
+import shutil
 import signal
+import sys
 import time
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxnet import shapes
-from jaxnet.models import build_model
+from jaxnet.training import build
 from jaxnet.training import config as config_lib
 from jaxnet.training.checkpoints import Checkpoints
-from jaxnet.training.defaults import base_config
-from jaxnet.training.loop import Runner, TrainState, epoch_plan, make_evaluate
-from jaxnet.training.objective import per_sample_loss
-from jaxnet.training.optimizers import build_optimizer
+from jaxnet.training.config import ConfigError
+from jaxnet.training.placement import STRATEGIES
 from jaxnet.training.reporting import Report
+from jaxnet.training.steps import EpochPlan, epoch_plan, make_evaluate, run_epoch
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -36,25 +44,113 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM or Ctrl-C arrived; the state was saved first."""
+    """SIGTERM or Ctrl-C arrived; str() says what was saved."""
 
 
-@contextlib.contextmanager
-def _deferred_signals():
-    """Turn SIGTERM and SIGINT into a flag checked between chunks, so a save is never cut in half."""
-    received = []
-    handler = lambda signum, frame: received.append(signum)  # noqa: E731
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
+class WorkdirError(RuntimeError):
+    """The workdir cannot be used (a file, in use by another run, not writable)."""
+
+
+# ------------------------------------------------------------------------------------- records
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where the run is, saved as JSON with every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0
+    risk_sum: float = 0.0  # this epoch's step risks so far, added in step order
+    risk_steps: int = 0
+    best_error: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    stopped: str | None = None
+    history: list = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def from_record(cls, record: dict) -> Progress:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in fields})
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything the stages share."""
+
+    config: Any
+    workdir: str
+    dataset: Any
+    built: build.Built
+    placement: Any
+    checkpoints: Checkpoints
+    report: Report
+    log: Any
+    signals: _Signals
+    primary: bool
+    validation_rule: str | None = None  # how an empty validation split is handled
+    progress: Progress = dataclasses.field(default_factory=Progress)
+    state: Any = None  # on the devices
+    step: int = 0  # state.step, counted on the host: reading it from the devices waits for them
+    best_params: Any = None  # host copy
+    data: Any = None
+    compile_seconds: float | None = None
+    last_save: tuple[int, float] = (0, 0.0)  # (step, time)
+    resumed_from: int | None = None
+    evaluate: Any = None
+    lock: Any = None  # the open WORKDIR/.lock
+
+    @property
+    def done(self) -> bool:
+        return self.progress.stopped is not None or self.progress.epoch >= self.config.epochs
+
+    def plan(self) -> EpochPlan:
+        c = self.config
+        n = len(self.dataset.train.labels)
+        return epoch_plan(n, c.batch_size, c.steps_per_chunk, c.seed, self.progress.epoch)
+
+
+# ------------------------------------------------------------------------------------- signals
+
+
+class _Signals:
+    """SIGTERM / SIGINT: wait for a chunk end while training; otherwise stop at once.
+
+    Stopping at once raises Interrupted, or with exit_at_once (train.py) prints one line and
+    ends the process: an exception raised from a signal handler can land inside a library
+    callback, which swallows it.
+    """
+
+    def __init__(self, exit_at_once: bool = False):
+        self.received: list[int] = []
+        self.deferred = False
+        self.exit_at_once = exit_at_once
+        self.context = "during start-up; nothing was saved"
+
+    def __call__(self, signum, frame):
+        if self.deferred:
+            self.received.append(signum)
+            return
+        message = f"signal {signum} {self.context}"
+        if self.exit_at_once:
+            print(f"stopped: {message}", file=sys.stderr, flush=True)
+            os._exit(130)
+        raise Interrupted(message)
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                previous[sig] = signal.signal(sig, self)
         try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
-    try:
-        yield received
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+            yield self
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+# ------------------------------------------------------------------------------------- prepare
 
 
 def _load_data(config, log):
@@ -62,9 +158,7 @@ def _load_data(config, log):
 
     d = config.dataset
     size = d.validation_size
-    if (
-        size >= 1 and float(size).is_integer()
-    ):  # ml_collections keeps the field's float type: 5000 arrives as 5000.0
+    if size >= 1:  # ml_collections keeps the field's float type: 5000 arrives as 5000.0
         size = int(size)
     try:
         return load_dataset(
@@ -72,273 +166,518 @@ def _load_data(config, log):
         )
     except ValueError as error:
         if str(error).startswith("validation_size"):  # say which config key it is
-            raise config_lib.ConfigError(f"config.dataset.{error}") from None
+            raise ConfigError(f"config.dataset.{error}") from None
         raise
 
 
-def setup(config, log=print, dataset=None):
-    """Validated config, dataset, model, loss, optimizer and initial state."""
-    config_lib.validate(config, base_config())
-    dataset = dataset if dataset is not None else _load_data(config, log)
-    model = build_model(config.model, dataset.num_classes)
-    loss_fn = per_sample_loss(config.loss, config.model.output_activation, dataset.num_classes)
+def _saved_config(workdir: str):
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return config_lib.from_json(f.read(), where=path)
+
+
+def check_resume(config, workdir: str, log) -> None:
+    """Stop if `config` differs from the workdir's saved config in a key that may not change."""
+    saved = _saved_config(workdir)
+    if saved is None:
+        return
+    allowed, refused = config_lib.resume_changes(saved, config)
+    if refused:
+        raise ConfigError(
+            f"{workdir} holds a run with another config ({'; '.join(refused)}): resume with "
+            "the saved config (omit those flags) or start a new run with another --workdir"
+        )
+    if allowed:
+        log(f"resuming with changed settings: {'; '.join(allowed)}")
+
+
+def _check_workdir_paths(workdir: str) -> None:
+    for path, what in ((workdir, "the workdir"), (os.path.join(workdir, "checkpoints"), "")):
+        if os.path.exists(path) and not os.path.isdir(path):
+            where = what or "the checkpoint folder"
+            raise WorkdirError(f"{path} is a file, but {where} must be a folder: move it away")
+
+
+def _check_data_fits(config, dataset, placement) -> None:
     n = len(dataset.train.labels)
+    if n == 0:
+        raise ConfigError(f"dataset {dataset.name!r} has no training examples")
     batch = n if config.batch_size == -1 else config.batch_size
     if batch > n:
-        raise config_lib.ConfigError(
-            f"config.batch_size={batch} exceeds the {n} training examples; use -1 for the full batch"
+        raise ConfigError(
+            f"config.batch_size={batch} exceeds the {n} training examples; "
+            "use -1 for the full batch"
         )
-    steps_per_epoch = -(-n // batch)
-    abstract_params = jax.eval_shape(
-        lambda key: model.init(key, dataset.input_shape)[1], jax.random.PRNGKey(0)
+    problem = placement.batch_problem(batch)
+    if problem:
+        raise ConfigError(f"config.batch_size={batch}: {problem}")
+
+
+def _empty_validation_rule(config, dataset, log) -> str | None:
+    if len(dataset.validation.labels):
+        return None
+    rule = (
+        "no validation split: the best parameters are the last epoch's; "
+        "early termination and the plateau schedule are off"
     )
-    optimizer = build_optimizer(config, steps_per_epoch, abstract_params)
-    state = initial_state(model, optimizer, config.seed, dataset.input_shape)
-    return dataset, model, loss_fn, optimizer, state
+    log(f"note: {rule}")
+    return rule
 
 
-# Run once, so a fast compile beats fast code: with LLVM's costly passes off, the default CNN's
-# setup took 0.67 s, against 2.62 s with eager initialisers each compiled alone (the initialisers
-# alone: 0.54 s against 2.35 s). Values differ from eager ones by an ulp or so.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+def _enable_compilation_cache(path: str, log) -> None:
+    if not path or jax.config.jax_compilation_cache_dir:  # off, or the user set one already
+        return
+    path = os.path.expanduser(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        log(f"note: no compilation cache ({path}: {error.strerror})")
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
-def initial_state(model, optimizer, seed: int, input_shape) -> TrainState:
-    """Step 0: parameters from the first half of PRNGKey(seed), the dropout key the second half."""
-
-    def init(key):
-        init_key, dropout_key = jax.random.split(key)
-        _, params = model.init(init_key, input_shape)
-        return TrainState(jnp.zeros([], jnp.int32), params, optimizer.init(params), dropout_key)
-
-    compiler_options = _FAST_COMPILE if jax.default_backend() == "cpu" else None
-    return jax.jit(init, compiler_options=compiler_options)(jax.random.PRNGKey(seed))
-
-
-def _stop(received, host_state, report, checkpoints):
-    report.close()
-    checkpoints.close()
-    raise Interrupted(
-        f"signal {received[0]}: saved at step {int(host_state.step)}; run the same command to resume"
+def prepare(config, workdir: str, *, log=print, dataset=None, devices=None, progress=True) -> Run:
+    """Every check, then the workdir, the checkpoints and the report: a Run at step 0."""
+    config_lib.validate(config)
+    _check_workdir_paths(workdir)
+    check_resume(config, workdir, log)
+    primary = jax.process_index() == 0  # the hosts of a multi-host job share the workdir
+    dataset = dataset if dataset is not None else _load_data(config, log)
+    problem = build.network_problem(config, dataset)
+    if problem:
+        raise ConfigError(problem)
+    built = build.Built(config, dataset)
+    try:
+        placement = STRATEGIES[config.devices.strategy](
+            built.model, built.loss_fn, built.optimizer, devices
+        )
+    except ValueError as error:
+        raise ConfigError(f"config.devices.strategy={config.devices.strategy!r}: {error}") from None
+    _check_data_fits(config, dataset, placement)
+    rule = _empty_validation_rule(config, dataset, log)
+    _enable_compilation_cache(config.compilation_cache_dir, log)
+    with _removed_on_failure(workdir):
+        lock = _lock(workdir) if primary else None  # before orbax, which clears unfinished saves
+        checkpoints = Checkpoints(
+            os.path.join(workdir, "checkpoints"), config.checkpoint.keep, log=log
+        )
+        if primary and _saved_config(workdir) is None:
+            _write_atomically(os.path.join(workdir, "config.json"), config_lib.to_json(config))
+    evaluate = make_evaluate(built.model, built.loss_fn, dataset.num_classes)
+    return Run(
+        config,
+        workdir,
+        dataset,
+        built,
+        placement,
+        checkpoints,
+        report=None,
+        log=log,
+        signals=None,
+        primary=primary,
+        validation_rule=rule,
+        evaluate=evaluate,
+        lock=lock,
     )
 
 
-def _copy(tree):
-    # numpy stays numpy: a multi-host run checkpoints host arrays, which orbax writes once from process 0
-    return jax.tree_util.tree_map(
-        lambda a: np.array(a) if isinstance(a, np.ndarray) else jnp.array(a, copy=True), tree
-    )
+@contextlib.contextmanager
+def _removed_on_failure(workdir: str):
+    """Create the workdir; if the start fails before anything is saved, remove what it made."""
+    existed = os.path.isdir(workdir)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        yield
+    except OSError as error:
+        _remove_if_new(workdir, existed)
+        raise WorkdirError(f"cannot write the workdir {workdir}: {error.strerror}") from None
+    except BaseException:
+        _remove_if_new(workdir, existed)
+        raise
 
 
-def _hyperparams(state, optimizer_config) -> tuple[float, float]:
-    """The learning rate and momentum in use: mu for momentum and Nesterov, beta1 for Adam, 0 for SGD."""
-    hp = state.opt_state.hyperparams
-    momentum = {"sgd": 0.0, "adam": optimizer_config.b1}.get(optimizer_config.name, hp["momentum"])
-    return float(hp["learning_rate"]), float(momentum)
+def _remove_if_new(workdir: str, existed: bool) -> None:
+    if not existed and os.path.isdir(workdir):
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _set_learning_rate(state, value):
-    hp = dict(state.opt_state.hyperparams)
-    hp["learning_rate"] = jnp.asarray(value, hp["learning_rate"].dtype)
-    return state._replace(opt_state=state.opt_state._replace(hyperparams=hp))
+def _lock(workdir: str):
+    """An exclusive lock on WORKDIR/.lock for the run's lifetime: two runs never share one."""
+    handle = open(os.path.join(workdir, ".lock"), "a+")  # noqa: SIM115  (held until the run ends)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise WorkdirError(
+            f"{workdir} is in use by another run (process {owner}): wait for it to end, "
+            "or use another --workdir"
+        ) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
-def train_and_evaluate(
-    config, workdir: str, *, log=print, dataset=None, devices=None, progress: bool = True
-) -> dict:
-    """Train config in workdir (resuming if it holds checkpoints); returns the summary also written to summary.json."""
-    os.makedirs(workdir, exist_ok=True)
-    primary = (
-        jax.process_index() == 0
-    )  # in a multi-host job the hosts share the workdir; one writes the reports
-    if not primary:
-        log = lambda *args, **kwargs: None  # noqa: E731
-    dataset, model, loss_fn, optimizer, state = setup(config, log, dataset)
-    runner = Runner(config.devices.strategy, model, loss_fn, optimizer, devices)
-    if runner.multi_process:
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------- restore
+
+
+def _host_copy(tree):
+    return jax.tree_util.tree_map(lambda a: np.array(a, copy=True), tree)
+
+
+def restore(run: Run) -> None:
+    """The newest intact checkpoint (falling back past damaged ones), or the initial state."""
+    state = run.built.initial_state()
+    if run.placement.multi_process:
         state = jax.tree_util.tree_map(np.asarray, state)
-    train, val = dataset.train, dataset.validation
-    runner.check_batch(config.batch_size, len(train.labels))
-    evaluate = make_evaluate(model, loss_fn, dataset.num_classes)
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
-    report = Report(workdir, progress=progress and primary, log=log, write_files=primary)
-
-    record = {
-        "epoch": 0,
-        "step_in_epoch": 0,
-        "best_error": None,
-        "best_epoch": None,
-        "bad_epochs": 0,
-        "history": [],
-        "stopped": None,
-    }
-    best_params = _copy(state.params)
-    if checkpoints.latest_step() is not None:
-        state, best_params, record = checkpoints.restore(state, best_params)
-        log(
-            f"resuming from {checkpoints.directory} at step {int(state.step)} (epoch {record['epoch'] + 1}, step {record['step_in_epoch']} of it)"
+    best = _host_copy(state.params)
+    restored = run.checkpoints.restore(state, best)
+    if restored is not None:
+        state, best = restored.state, restored.best
+        run.progress = Progress.from_record(restored.record)
+        run.resumed_from = restored.step
+        run.last_save = (restored.step, time.monotonic())
+        _check_chunk_position(run)
+        p = run.progress
+        run.log(
+            f"resuming from {run.checkpoints.directory} at step {restored.step} "
+            f"(epoch {p.epoch + 1}, step {p.step_in_epoch} of it)"
         )
-    elif primary:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    log(
-        f"jaxnet: {config.model.kind} ({shapes.param_count(state.params):,} parameters) on {dataset.name} from {dataset.source}; "
-        f"{len(train.labels)} train / {len(val.labels)} validation / {len(dataset.test.labels)} test; "
-        f"{config.devices.strategy} over {runner.num_devices} {jax.default_backend()} device(s); workdir {os.path.abspath(workdir)}"
+    else:
+        run.last_save = (0, time.monotonic())
+    run.best_params = best
+    run.step = int(np.asarray(state.step))
+    run.state = run.placement.put_state(state)
+    train = run.dataset.train
+    run.data = run.placement.put_data(train.images, train.labels)
+
+
+def _check_chunk_position(run: Run) -> None:
+    p, k = run.progress, run.config.steps_per_chunk
+    if p.step_in_epoch % min(k, run.built.steps_per_epoch):
+        raise ConfigError(
+            f"the checkpoint stopped {p.step_in_epoch} steps into epoch {p.epoch + 1}, not a "
+            f"multiple of config.steps_per_chunk={k}: resume with the steps_per_chunk of the "
+            "interrupted run"
+        )
+
+
+def _open_report(run: Run, progress: bool) -> None:
+    c = run.config
+    run.report = Report(
+        run.workdir,
+        progress=progress and run.primary,
+        log=run.log,
+        write_files=run.primary,
+        log_every_seconds=c.log_every_seconds,
+        resume_step=run.resumed_from,
+    )
+    if run.resumed_from is None:
+        run.report.log_config(config_lib.to_json(c))
+
+
+def describe_run(run: Run) -> str:
+    d, c = run.dataset, run.config
+    params = shapes.param_count(run.best_params)
+    return (
+        f"jaxnet: {c.model.kind} ({params:,} parameters) on {d.name} from {d.source}; "
+        f"{len(d.train.labels)} train / {len(d.validation.labels)} validation / "
+        f"{len(d.test.labels)} test; {c.devices.strategy} over {run.placement.num_devices} "
+        f"{jax.default_backend()} device(s); workdir {os.path.abspath(run.workdir)}"
     )
 
-    images, labels = runner.put_data(train.images, train.labels)
-    device_state = runner.put_state(state)
-    n = len(train.labels)
 
-    def save(host_state, record):
-        checkpoints.save(int(host_state.step), host_state, best_params, record)
+# ----------------------------------------------------------------------------------- training
 
-    with _deferred_signals() as received:
-        epoch = record["epoch"]
-        while epoch < config.epochs and record["stopped"] is None:
-            plan = epoch_plan(n, config.batch_size, config.steps_per_chunk, config.seed, epoch)
-            chunk_steps = plan.indices.shape[1]
-            first_chunk, offset = divmod(record["step_in_epoch"], chunk_steps)
-            if offset:
-                raise config_lib.ConfigError(
-                    f"the checkpoint stopped {record['step_in_epoch']} steps into epoch {epoch + 1}, not a multiple of "
-                    f"config.steps_per_chunk={config.steps_per_chunk}: resume with the steps_per_chunk of the interrupted run"
-                )
-            report.start_epoch(epoch + 1, config.epochs, n)
-            started, risks = time.perf_counter(), []
-            for c in range(first_chunk, plan.indices.shape[0]):
-                tic = time.perf_counter()
-                device_state, chunk_risks = runner.run_chunk(
-                    device_state, images, labels, plan.indices[c], plan.weights[c]
-                )
-                real = min(chunk_steps, plan.steps - c * chunk_steps)
-                chunk_risks = np.asarray(chunk_risks)[
-                    :real
-                ]  # waiting here also keeps fake devices in step
-                if epoch == record["epoch"] and c == first_chunk:
-                    report.compile_seconds = time.perf_counter() - tic
-                if not np.all(np.isfinite(chunk_risks)):
-                    bad = int(np.argmin(np.isfinite(chunk_risks)))
-                    step = epoch * plan.steps + c * chunk_steps + bad + 1
-                    report.close()
-                    checkpoints.close()
-                    raise NonFiniteLossError(
-                        f"the training risk is {chunk_risks[bad]} at step {step} (epoch {epoch + 1}); "
-                        f"the last good checkpoint is kept in {checkpoints.directory}. Try a smaller learning rate."
-                    )
-                risks.extend(chunk_risks.tolist())
-                report.advance(int(plan.weights[c, :real].sum()), float(np.mean(chunk_risks)))
-                every = config.checkpoint.every_chunks
-                last_chunk = (
-                    c + 1 == plan.indices.shape[0]
-                )  # a signal here waits for the epoch's own save
-                if not last_chunk and (received or (every and (c + 1) % every == 0)):
-                    save(
-                        runner.host_state(device_state),
-                        {**record, "epoch": epoch, "step_in_epoch": (c + 1) * chunk_steps},
-                    )
-                if received and not last_chunk:
-                    _stop(received, runner.host_state(device_state), report, checkpoints)
 
-            host = runner.host_state(device_state)
-            val_loss, val_error, _ = evaluate(host.params, val.images, val.labels)
-            lr, mu = _hyperparams(host, config.optimizer)
-            row = {
-                "epoch": epoch + 1,
-                "step": int(host.step),
-                "train_risk": float(np.mean(risks)) if risks else float("nan"),
-                "val_loss": val_loss,
-                "val_error": val_error,
-                "learning_rate": lr,
-                "momentum": mu,
-                "seconds": time.perf_counter() - started,
-            }
-            record["history"].append(row)
-            improved = record["best_error"] is None or (
-                np.isfinite(val_error) and val_error < record["best_error"]
-            )
-            if improved:
-                record["best_error"], record["best_epoch"], record["bad_epochs"] = (
-                    val_error,
-                    epoch + 1,
-                    0,
-                )
-                best_params = _copy(
-                    host.params
-                )  # its own buffers: the running state's are donated each chunk
-            else:
-                record["bad_epochs"] += 1
-            patience = config.early_stopping.patience
-            if patience and record["bad_epochs"] >= patience:
-                record["stopped"] = (
-                    f"early termination: no better validation error for {patience} epochs"
-                )
-            if (
-                config.schedule.name == "plateau"
-                and record["bad_epochs"]
-                and record["bad_epochs"] % config.schedule.plateau_patience == 0
-            ):
-                host = _set_learning_rate(host, lr * config.schedule.plateau_factor)
-                device_state = runner.put_state(host)
-            report.end_epoch(row)
-            epoch += 1
-            record.update(epoch=epoch, step_in_epoch=0)
-            save(host, record)
-            if received and epoch < config.epochs and record["stopped"] is None:
-                _stop(received, host, report, checkpoints)
-
-    test_loss, test_error, confusion = evaluate(
-        best_params, dataset.test.images, dataset.test.labels
+def train_epoch(run: Run) -> None:
+    """The rest of the current epoch, chunk by chunk, then its end."""
+    plan, p = run.plan(), run.progress
+    first = p.step_in_epoch // plan.chunk_steps
+    n = len(run.dataset.train.labels)
+    done = int(plan.weights[:first].sum())
+    left = (run.config.epochs - p.epoch) * n - done
+    run.report.start_epoch(
+        p.epoch + 1, run.config.epochs, n, done, p.risk_sum, p.risk_steps, run_examples_left=left
     )
-    summary = {
-        "dataset": dataset.name,
-        "source": dataset.source,
-        "model": config.model.kind,
-        "parameters": shapes.param_count(best_params),
-        "devices": f"{config.devices.strategy} x{runner.num_devices}",
-        "epochs_run": len(record["history"]),
-        "best_epoch": record["best_epoch"],
-        "best_val_error": record["best_error"],
-        "stopped": record["stopped"] or "completed all epochs",
-        "test_loss": test_loss,
-        "test_accuracy": 1.0 - test_error,
-        "test_error": test_error,
-        "confusion_matrix": confusion.tolist(),
-        "compile_seconds": report.compile_seconds,
-        "train_seconds": float(sum(r["seconds"] for r in record["history"])),
+    started = time.perf_counter()
+    last_chunk = plan.indices.shape[0] - 1
+    for state, result in run_epoch(run.placement, run.state, run.data, plan, first):
+        run.state = state
+        _after_chunk(run, plan, result, started)
+        if result.chunk == last_chunk:
+            break
+        save_due, stop = run.placement.agree(_save_due(run), bool(run.signals.received))
+        if save_due or stop:
+            save(run, force=stop)
+        if stop:
+            _stop(run)
+    _end_epoch(run, time.perf_counter() - started)
+
+
+def _after_chunk(run: Run, plan: EpochPlan, result, started: float) -> None:
+    if result.compiled and run.compile_seconds is None:
+        run.compile_seconds = time.perf_counter() - started
+    p = run.progress
+    if not np.all(np.isfinite(result.risks)):
+        _non_finite(run, plan, result)
+    for risk in result.risks.tolist():  # in step order, so a resumed epoch adds up the same
+        p.risk_sum += risk
+    p.risk_steps += len(result.risks)
+    run.step += len(result.risks)  # only padding steps leave the state as it was
+    p.step_in_epoch = (result.chunk + 1) * plan.chunk_steps
+    lr, _ = _hyperparameters(run)
+    run.report.chunk(
+        step=run.step,
+        epoch=p.epoch + 1,
+        examples=result.examples,
+        losses=result.risks.tolist(),
+        learning_rate=lr,
+        compiled=result.compiled,
+    )
+
+
+def _non_finite(run: Run, plan: EpochPlan, result) -> None:
+    bad = int(np.argmin(np.isfinite(result.risks)))
+    p = run.progress
+    step = p.epoch * plan.steps + result.chunk * plan.chunk_steps + bad + 1
+    run.checkpoints.wait()  # a save in flight holds good parameters: let it land first
+    latest = run.checkpoints.latest_step()
+    kept = (
+        f"the last good checkpoint (step {latest}) is kept in {run.checkpoints.directory}"
+        if latest is not None
+        else "no checkpoint had been saved yet"
+    )
+    raise NonFiniteLossError(
+        f"the training risk is {result.risks[bad]} at step {step} (epoch {p.epoch + 1}); "
+        f"{kept}. Try a smaller learning rate."
+    )
+
+
+def _hyperparameters(run: Run) -> tuple[float, float]:
+    host = run.placement.host_state(run.state)
+    return build.hyperparameters(host.opt_state, run.config.optimizer)
+
+
+def _save_due(run: Run) -> bool:
+    c = run.config.checkpoint
+    step, at = run.last_save
+    by_steps = c.every_steps and run.step - step >= c.every_steps
+    by_time = c.every_seconds and time.monotonic() - at >= c.every_seconds
+    return bool(by_steps or by_time)
+
+
+def save(run: Run, force: bool = False) -> None:
+    """A background checkpoint of the state, the best parameters and the progress."""
+    host = run.placement.host_state(run.state)
+    step = int(np.asarray(host.step))
+    record = dataclasses.asdict(run.progress)
+    run.report.flush()
+    if run.checkpoints.save(step, host, run.best_params, record, force=force):
+        run.last_save = (step, time.monotonic())
+
+
+def _stop(run: Run) -> None:
+    run.checkpoints.wait()
+    step = run.last_save[0]
+    raise Interrupted(
+        f"signal {run.signals.received[0]}: saved at step {step}; run the same command to resume"
+    )
+
+
+def _end_epoch(run: Run, seconds: float) -> None:
+    """Validation, the best parameters, early termination and the plateau rule; then maybe save."""
+    host = run.placement.host_state(run.state)
+    val = run.dataset.validation
+    result = run.evaluate(host.params, val.images, val.labels)
+    lr, mu = build.hyperparameters(host.opt_state, run.config.optimizer)
+    p = run.progress
+    row = {
+        "epoch": p.epoch + 1,
+        "step": int(np.asarray(host.step)),
+        "train_risk": p.risk_sum / p.risk_steps if p.risk_steps else float("nan"),
+        "val_loss": result.loss,
+        "val_error": result.error,
+        "val_accuracy": result.accuracy,
+        "learning_rate": lr,
+        "momentum": mu,
+        "seconds": seconds,
     }
-    report.finish(summary, record["history"])
-    checkpoints.close()
+    p.history.append(row)
+    _track_best(run, host.params, result.error)
+    if _plateau_due(run):
+        run.state = run.placement.put_state(
+            build.with_learning_rate(host, lr * run.config.schedule.plateau_factor)
+        )
+    run.report.end_epoch(row)
+    p.epoch, p.step_in_epoch, p.risk_sum, p.risk_steps = p.epoch + 1, 0, 0.0, 0
+    last = run.done
+    stop = run.placement.agree(bool(run.signals.received))[0]
+    if last or stop or run.placement.agree(_save_due(run))[0]:
+        save(run, force=last or stop)
+    if stop and not last:
+        _stop(run)
+
+
+def _track_best(run: Run, params, error: float) -> None:
+    p = run.progress
+    if run.validation_rule is not None:  # no validation split: the last epoch is the best
+        p.best_epoch, run.best_params = p.epoch + 1, _host_copy(params)
+        return
+    if p.best_error is None or (np.isfinite(error) and error < p.best_error):
+        p.best_error, p.best_epoch, p.bad_epochs = error, p.epoch + 1, 0
+        run.best_params = _host_copy(params)  # its own buffers: the state's are donated
+        return
+    p.bad_epochs += 1
+    patience = run.config.early_stopping.patience
+    if patience and p.bad_epochs >= patience:
+        p.stopped = f"early termination: no better validation error for {patience} epochs"
+
+
+def _plateau_due(run: Run) -> bool:
+    s, bad = run.config.schedule, run.progress.bad_epochs
+    on = s.name == "plateau" and run.validation_rule is None
+    return on and bad > 0 and bad % s.plateau_patience == 0
+
+
+# ------------------------------------------------------------------------------------- finish
+
+
+def finish(run: Run) -> dict:
+    """Test accuracy of the best parameters; summary.json, the curves and the final line."""
+    run.checkpoints.wait()
+    run.signals.context = (
+        f"during the final evaluation: training is complete and saved at step {run.last_save[0]}"
+        "; run the same command to evaluate again"
+    )
+    test = run.dataset.test
+    result = run.evaluate(run.best_params, test.images, test.labels)
+    p, c = run.progress, run.config
+    summary = {
+        "dataset": run.dataset.name,
+        "source": run.dataset.source,
+        "model": c.model.kind,
+        "parameters": shapes.param_count(run.best_params),
+        "devices": f"{c.devices.strategy} x{run.placement.num_devices}",
+        "epochs_run": len(p.history),
+        "best_epoch": p.best_epoch,
+        "best_val_error": p.best_error,
+        "validation": run.validation_rule or "best validation zero-one error",
+        "stopped": p.stopped or "completed all epochs",
+        "test_loss": result.loss,
+        "test_accuracy": result.accuracy,
+        "test_error": result.error,
+        "confusion_matrix": result.confusion.tolist(),
+        "compile_seconds": run.compile_seconds,
+        "train_seconds": float(sum(r["seconds"] for r in p.history)),
+        "step": run.last_save[0],
+    }
+    run.report.finish(summary, p.history)
     return summary
 
 
-def evaluate_workdir(config, workdir: str, *, log=print, dataset=None) -> dict:
-    """Load a workdir's best parameters and report test accuracy and the confusion matrix."""
-    dataset, model, loss_fn, _, state = setup(config, log, dataset)
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
-    if checkpoints.latest_step() is None:
-        raise FileNotFoundError(
-            f"no checkpoint in {checkpoints.directory}: train first with the same --workdir"
+def close(run: Run) -> None:
+    if run.report is not None:
+        run.report.close()
+    run.checkpoints.close()
+    lock = getattr(run, "lock", None)
+    if lock is not None:
+        lock.close()
+
+
+def train_and_evaluate(
+    config,
+    workdir: str,
+    *,
+    log=print,
+    dataset=None,
+    devices=None,
+    progress: bool = True,
+    exit_on_signal: bool = False,
+) -> dict:
+    """Train `config` in `workdir` (resuming its checkpoints); the summary, as in summary.json.
+
+    A signal during training saves at the next chunk end and raises Interrupted; at other
+    times it raises at once, or with exit_on_signal prints one line and ends the process.
+    """
+    quiet = (lambda *args, **kwargs: None) if jax.process_index() else log
+    with _Signals(exit_on_signal).installed() as signals:
+        run = prepare(
+            config, workdir, log=quiet, dataset=dataset, devices=devices, progress=progress
         )
-    _, best, record = checkpoints.restore(state, state.params)
-    checkpoints.close()
-    loss, error, confusion = make_evaluate(model, loss_fn, dataset.num_classes)(
-        best, dataset.test.images, dataset.test.labels
-    )
-    result = {
-        "best_epoch": record["best_epoch"],
-        "test_loss": loss,
-        "test_accuracy": 1 - error,
-        "confusion_matrix": confusion.tolist(),
+        run.signals = signals
+        try:
+            restore(run)
+            _open_report(run, progress)
+            quiet(describe_run(run))
+            signals.deferred = True
+            while not run.done:
+                train_epoch(run)
+            signals.deferred = False
+            return finish(run)
+        finally:
+            signals.deferred = False
+            close(run)
+
+
+# ----------------------------------------------------------------------------------- evaluate
+
+
+def evaluate_workdir(workdir: str, config=None, *, log=print, dataset=None) -> dict:
+    """Test accuracy and confusion matrix of a workdir's best parameters, from its saved config."""
+    saved = _saved_config(workdir)
+    if saved is None:
+        raise WorkdirError(f"{workdir} holds no run (no config.json): train first with it")
+    if config is not None:
+        check_resume(config, workdir, log)
+    config = saved if config is None else config
+    config_lib.validate(config)
+    dataset = dataset if dataset is not None else _load_data(config, log)
+    problem = build.network_problem(config, dataset)
+    if problem:
+        raise ConfigError(problem)
+    built = build.Built(config, dataset)
+    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep, log=log)
+    try:
+        state = built.initial_state()
+        restored = checkpoints.restore(state, _host_copy(state.params))
+    finally:
+        checkpoints.close()
+    if restored is None:
+        raise WorkdirError(
+            f"no checkpoint in {checkpoints.directory}: train first with this workdir"
+        )
+    evaluate = make_evaluate(built.model, built.loss_fn, dataset.num_classes)
+    result = evaluate(restored.best, dataset.test.images, dataset.test.labels)
+    best_epoch = restored.record.get("best_epoch")
+    summary = {
+        "best_epoch": best_epoch,
+        "step": restored.step,
+        "test_loss": result.loss,
+        "test_accuracy": result.accuracy,
+        "confusion_matrix": result.confusion.tolist(),
     }
-    with open(os.path.join(workdir, "evaluation.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    _write_atomically(os.path.join(workdir, "evaluation.json"), json.dumps(summary, indent=2))
+    _log_evaluation(log, result, best_epoch)
+    return summary
+
+
+def _log_evaluation(log, result, best_epoch) -> None:
     log(
-        f"test accuracy {100 * (1 - error):.2f}% (loss {loss:.4f}) with the parameters of epoch {record['best_epoch']}"
+        f"test accuracy {100 * result.accuracy:.2f}% (loss {result.loss:.4f}) with the parameters "
+        f"of epoch {best_epoch}"
     )
-    log(
-        "confusion matrix (rows: true class, columns: predicted):\n"
-        + "\n".join(" ".join(f"{v:5d}" for v in row) for row in confusion)
-    )
-    return result
+    rows = "\n".join(" ".join(f"{v:5d}" for v in row) for row in result.confusion)
+    log("confusion matrix (rows: true class, columns: predicted):\n" + rows)

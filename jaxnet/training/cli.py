@@ -1,0 +1,168 @@
+"""What train.py does with its flags: load the config, choose the run's config, report errors.
+
+Every failure a user can cause (a flag, a key, a config file, a workdir, the data, a damaged
+checkpoint) comes back as (exit status, one line); train.py prints it. Status 2 is bad input,
+1 a run that failed, 130 a signal.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import time
+import traceback
+
+import ml_collections
+
+from jaxnet.training import config as config_lib
+from jaxnet.training.config import ConfigError
+
+__all__ = ["ConfigError", "check_argv", "flag_error_line", "load_config_file", "run"]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _line_of(error: BaseException, path: str) -> str:
+    """' (line N)' of the innermost frame in `path`, where the error was raised."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == path]
+    return f" (line {frames[-1].lineno})" if frames else ""
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """get_config() of the file `spec` names ('path' or 'path:argument'), or one ConfigError."""
+    path, *argument = spec.split(":", 1)
+    where = f"config file {path}"
+    if not os.path.exists(path):
+        raise ConfigError(f"{where} does not exist")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{where} is not a file")
+    path = os.path.abspath(path)
+    try:
+        loader = importlib.machinery.SourceFileLoader("jaxnet_user_config", path)
+        module = loader.load_module()
+    except SyntaxError as error:
+        raise ConfigError(f"{where} line {error.lineno}: {error.msg}") from None
+    except Exception as error:  # noqa: BLE001  (whatever the file raises is its problem)
+        problem = f"{type(error).__name__}: {_one_line(error)}"
+        raise ConfigError(f"{where} failed to load{_line_of(error, path)}: {problem}") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"{where} defines no get_config() function")
+    try:
+        config = module.get_config(*argument)
+    except Exception as error:  # noqa: BLE001
+        problem = f"{type(error).__name__}: {_one_line(error)}"
+        raise ConfigError(
+            f"{where}: get_config() raised{_line_of(error, path)} {problem}"
+        ) from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        kind = type(config).__name__
+        raise ConfigError(
+            f"{where}: get_config() returned a {kind}, not an ml_collections.ConfigDict"
+        )
+    return config
+
+
+def _config_spec(args) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def check_argv(args) -> None:
+    """ConfigError for a config file that does not load or a --config.KEY that does not exist."""
+    spec = _config_spec(args)
+    if spec is not None:
+        load_config_file(spec)
+    groups = {name.rsplit(".", 1)[0] for name in config_lib.KEYS if "." in name}
+    for arg in args:
+        if not arg.startswith("--config."):
+            continue
+        name = arg[len("--config.") :].split("=", 1)[0]
+        if name in groups:
+            example = next(k for k in config_lib.KEYS if k.startswith(name + "."))
+            raise ConfigError(
+                f"config.{name} is a group of keys: set one of them, e.g. --config.{example}=..."
+                f" (list them: {config_lib.LIST_KEYS})"
+            )
+        if name not in config_lib.KEYS:
+            raise ConfigError(config_lib.unknown_key_message(name))
+
+
+def flag_error_line(error) -> str:
+    """absl's flag error in one line, without the parser's traceback text."""
+    text = str(error)
+    if "Traceback" in text:  # ml_collections pastes a traceback into TypeErrors and ValueErrors
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = text.split(":", 1)[0] + ": " + last
+    return _one_line(text)
+
+
+def run_config(flags, workdir: str):
+    """The run's config: the workdir's saved one (with the flags' overrides), unless --config."""
+    from ml_collections import config_flags
+
+    from jaxnet.training import trainer
+
+    saved_path = os.path.join(workdir, "config.json")
+    if flags["config"].present or not os.path.isfile(saved_path):
+        return flags.config, False
+    saved = trainer._saved_config(workdir)
+    for name, value in config_flags.get_override_values(flags["config"]).items():
+        config_lib.set_value(saved, name, value)
+    return saved, True
+
+
+def _default_workdir(flags) -> str:
+    from ml_collections import config_flags
+
+    path = config_flags.get_config_filename(flags["config"])
+    name = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def run(flags, default_config: str) -> tuple[int, str | None]:
+    """Carry out --mode on the flags' config; (exit status, message or None)."""
+    if flags.mode == "keys":
+        print(config_lib.describe(flags.config))
+        return 0, None
+    if flags.mode == "evaluate" and not flags.workdir:
+        return 2, "--mode=evaluate needs --workdir DIR, the folder of a run"
+    workdir = flags.workdir or _default_workdir(flags)
+    return _guarded(lambda: _carry_out(flags, workdir))
+
+
+def _carry_out(flags, workdir: str) -> None:
+    from jaxnet.training import multihost, trainer
+
+    multihost.initialize()
+    config, from_workdir = run_config(flags, workdir)
+    if flags.mode == "evaluate":
+        trainer.evaluate_workdir(workdir, None if from_workdir else config)
+    else:
+        trainer.train_and_evaluate(config, workdir, exit_on_signal=True)
+
+
+def _guarded(action) -> tuple[int, str | None]:
+    from jaxnet.data import DatasetNotFoundError
+    from jaxnet.training import trainer
+    from jaxnet.training.checkpoints import CheckpointError
+
+    try:
+        action()
+    except trainer.Interrupted as stop:
+        return 130, _one_line(stop)
+    except (ConfigError, trainer.WorkdirError, DatasetNotFoundError) as error:
+        return 2, _one_line(error)
+    except (CheckpointError, trainer.NonFiniteLossError) as error:
+        return 1, _one_line(error)
+    except OSError as error:  # a disk that is full or read-only, a file that vanished
+        where = f"{error.filename}: " if error.filename else ""
+        return 1, f"{where}{error.strerror or _one_line(error)}"
+    except ValueError as error:  # bad data (labels, shapes) or environment settings
+        return 2, _one_line(error)
+    return 0, None
