@@ -81,6 +81,8 @@ def main(argv):
         _fail(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE", 2)
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO: keep the table readable
         logging.set_verbosity(logging.WARNING)
+        # orbax also logs its failures with tracebacks; the trainer reports each in one line
+        logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
     status, message = cli.run(FLAGS, DEFAULT_CONFIG)
     if message:
         _fail(message, status)

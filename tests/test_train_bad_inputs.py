@@ -93,6 +93,8 @@ FLAG_CASES = [
         2,
         "'mnist' not found",
     ),
+    (["--config.model.hidden=(1000000000,)"], 2, "GiB, more than the"),
+    (["--config.dataset.name=mnist", "--config.dataset.data_dir=/etc/passwd"], 2, "not found"),
     (["--mode=bogus"], 2, "mode"),
     (["--nonexistent_flag=1"], 2, "nonexistent_flag"),
     (["positional"], 2, "unexpected arguments"),
@@ -161,6 +163,10 @@ def _cases(tmp_path):
         ("missing file", [f"--config={missing}"], None, None, 2, "missing.py does not exist")
     )
     cases.append(("folder as file", [f"--config={folder}"], None, None, 2, "is not a file"))
+    default = os.path.join(ROOT, "configs", "default.py")
+    args = [f"--config={default}:extra", *TINY]
+    cases.append(("config argument", args, None, None, 2, "get_config() raised TypeError"))
+    cases.append(("unwritable workdir", TINY, "/proc/jaxnet-test/run", None, 2, "cannot write"))
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     cases.append(("workdir is a file", TINY, str(a_file), None, 2, "is a file, but the workdir"))

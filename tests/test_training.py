@@ -492,3 +492,44 @@ def test_a_validation_size_larger_than_the_data_names_the_config_key(tmp_path):
     ):
         trainer.prepare(config, str(tmp_path / "w"), log=lambda *a: None)
     assert not (tmp_path / "w").exists()
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_every_earlier_checkpoint(
+    tmp_path, monkeypatch
+):
+    import errno
+    import re
+
+    from orbax.checkpoint import JsonCheckpointHandler
+
+    from jaxnet.training.checkpoints import CheckpointError
+
+    dataset = toy_dataset()
+    config = small_config(**{"epochs": 2, "checkpoint.every_steps": 4})
+    reference = quiet(config, tmp_path / "straight", dataset)
+    real_save = JsonCheckpointHandler._save_fn
+
+    async def full_after_step_4(self, item, directory):
+        step = int(re.search(r"checkpoints/(\d+)", str(directory)).group(1))
+        if step > 4:  # the disk fills up after the first checkpoint
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await real_save(self, item, directory)
+
+    monkeypatch.setattr(JsonCheckpointHandler, "_save_fn", full_after_step_4)
+    with pytest.raises(CheckpointError, match="No space left on device") as error:
+        quiet(config, tmp_path / "full", dataset)
+    assert "\n" not in str(error.value)
+    monkeypatch.setattr(JsonCheckpointHandler, "_save_fn", real_save)
+    steps = sorted(int(d) for d in os.listdir(tmp_path / "full" / "checkpoints") if d.isdigit())
+    assert steps == [4]  # the one written before is intact, and the run resumes from it
+    assert quiet(config, tmp_path / "full", dataset)["test_loss"] == reference["test_loss"]
+
+
+def test_a_damaged_saved_config_is_named_in_one_line(tmp_path):
+    quiet(small_config(epochs=1), tmp_path, toy_dataset())
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="config.json is not a saved config"):
+        trainer.evaluate_workdir(str(tmp_path), dataset=toy_dataset(), log=lambda *a: None)
+    (tmp_path / "config.json").write_text('{"optimizer": {"lerning_rate": 0.1}}')
+    with pytest.raises(ConfigError, match="lerning_rate in .*config.json; did you mean"):
+        quiet(small_config(epochs=1), tmp_path, toy_dataset())

@@ -149,15 +149,19 @@ def with_learning_rate(state: TrainState, value: float) -> TrainState:
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-def initial_state(model, optimizer, seed: int, input_shape) -> TrainState:
-    """Step 0: parameters from the first half of PRNGKey(seed), the dropout key the second half."""
-
+def _init_fn(model, optimizer, input_shape):
     def init(key):
         init_key, dropout_key = jax.random.split(key)
         _, params = model.init(init_key, input_shape)
         return TrainState(jnp.zeros([], jnp.int32), params, optimizer.init(params), dropout_key)
 
+    return init
+
+
+def initial_state(model, optimizer, seed: int, input_shape) -> TrainState:
+    """Step 0: parameters from the first half of PRNGKey(seed), the dropout key the second half."""
     compiler_options = _FAST_COMPILE if jax.default_backend() == "cpu" else None
+    init = _init_fn(model, optimizer, input_shape)
     return jax.jit(init, compiler_options=compiler_options)(jax.random.PRNGKey(seed))
 
 
@@ -212,6 +216,11 @@ class Built:
         """Parameter shapes and dtypes, traced without drawing a number."""
         init = lambda key: self.model.init(key, self.dataset.input_shape)[1]
         return jax.eval_shape(init, jax.random.PRNGKey(0))
+
+    def abstract_state(self) -> TrainState:
+        """The state's shapes and dtypes, traced without compiling."""
+        init = _init_fn(self.model, self.optimizer, self.dataset.input_shape)
+        return jax.eval_shape(init, jax.random.PRNGKey(self.config.seed))
 
     def initial_state(self) -> TrainState:
         return initial_state(self.model, self.optimizer, self.config.seed, self.dataset.input_shape)

@@ -147,6 +147,12 @@ def _carry_out(flags, workdir: str) -> None:
         trainer.train_and_evaluate(config, workdir, exit_on_signal=True)
 
 
+def jax_runtime_error() -> type:
+    import jax
+
+    return jax.errors.JaxRuntimeError
+
+
 def _guarded(action) -> tuple[int, str | None]:
     from jaxnet.data import DatasetNotFoundError
     from jaxnet.training import trainer
@@ -160,6 +166,8 @@ def _guarded(action) -> tuple[int, str | None]:
         return 2, _one_line(error)
     except (CheckpointError, trainer.NonFiniteLossError) as error:
         return 1, _one_line(error)
+    except jax_runtime_error() as error:  # the devices ran out of memory, or XLA failed
+        return 1, f"the computation failed on the device: {_one_line(error)[:300]}"
     except OSError as error:  # a disk that is full or read-only, a file that vanished
         where = f"{error.filename}: " if error.filename else ""
         return 1, f"{where}{error.strerror or _one_line(error)}"

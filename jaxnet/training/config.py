@@ -108,9 +108,12 @@ class Key:
     on_resume: bool = False  # may differ from the saved config when resuming (a note is printed)
 
 
-def _keys() -> dict[str, Key]:
-    unit = number(0.0, 1.0, high_open=True)
-    count = number(1, integer=True)
+_UNIT = number(0.0, 1.0, high_open=True)
+_COUNT = number(1, integer=True)
+_FACTOR = number(0.0, 1.0, low_open=True, high_open=True)
+
+
+def _data_and_model_keys() -> dict[str, Key]:
     return {
         "seed": Key(0, number(0, integer=True), "seeds the parameters, dropout and batch order"),
         "dataset.name": Key("fashion_mnist", choice(data.DATASETS), "the dataset"),
@@ -129,46 +132,55 @@ def _keys() -> dict[str, Key]:
         "model.output_activation": Key(
             "none", choice(build.OUTPUT_ACTIVATIONS), "for the quadratic loss; none = logits"
         ),
-        "model.dropout": Key(0.0, unit, "drop probability before the output layer"),
+        "model.dropout": Key(0.0, _UNIT, "drop probability before the output layer"),
         "model.init": Key("glorot", choice(models.INITIALIZERS), "weight initialisation"),
         "model.init_std": Key(0.01, number(0.0, low_open=True), "std of init=normal"),
+    }
+
+
+def _objective_keys() -> dict[str, Key]:
+    return {
         "loss": Key("cross_entropy", choice(build.LOSSES), "the per-sample loss"),
         "optimizer.name": Key("adam", choice(build.UPDATE_RULES), "the update rule"),
         "optimizer.learning_rate": Key(1e-3, number(0.0, low_open=True), "eta"),
-        "optimizer.momentum": Key(0.9, unit, "mu of momentum / nesterov (constant schedule)"),
+        "optimizer.momentum": Key(0.9, _UNIT, "mu of momentum / nesterov (constant schedule)"),
         "optimizer.momentum_schedule": Key(
             "constant", choice(build.MOMENTUM_SCHEDULES), "sutskever: the notes' Figure 4"
         ),
-        "optimizer.mu_max": Key(0.99, unit, "cap of the sutskever schedule"),
-        "optimizer.b1": Key(0.9, unit, "Adam's beta1"),
-        "optimizer.b2": Key(0.999, unit, "Adam's beta2"),
+        "optimizer.mu_max": Key(0.99, _UNIT, "cap of the sutskever schedule"),
+        "optimizer.b1": Key(0.9, _UNIT, "Adam's beta1"),
+        "optimizer.b2": Key(0.999, _UNIT, "Adam's beta2"),
         "optimizer.eps": Key(1e-8, number(0.0, low_open=True), "Adam's epsilon"),
         "weight_decay.lam": Key(0.0, number(0.0), "(lambda / 2) sum w^2 over weights"),
         "weight_decay.decoupled": Key(False, BOOLEAN, "True: AdamW-style, outside the gradient"),
         "schedule.name": Key("constant", choice(build.SCHEDULES), "learning-rate schedule"),
         "schedule.warmup_epochs": Key(0, number(0, integer=True), "cosine: linear warm-up"),
-        "schedule.step_epochs": Key(10, count, "step: multiply by step_factor this often"),
-        "schedule.step_factor": Key(0.1, number(0.0, 1.0, low_open=True, high_open=True), "step"),
-        "schedule.plateau_patience": Key(2, count, "plateau: epochs without progress", True),
-        "schedule.plateau_factor": Key(
-            0.1, number(0.0, 1.0, low_open=True, high_open=True), "plateau: rate multiplier"
-        ),
+        "schedule.step_epochs": Key(10, _COUNT, "step: multiply by step_factor this often"),
+        "schedule.step_factor": Key(0.1, _FACTOR, "step"),
+        "schedule.plateau_patience": Key(2, _COUNT, "plateau: epochs without progress", True),
+        "schedule.plateau_factor": Key(0.1, _FACTOR, "plateau: rate multiplier"),
+    }
+
+
+def _run_keys() -> dict[str, Key]:
+    """Keys of how the run proceeds; most may change when it resumes."""
+    return {
         "batch_size": Key(128, BATCH, "1 = online learning; -1 = the full training set"),
-        "epochs": Key(10, count, "epochs to train", True),
+        "epochs": Key(10, _COUNT, "epochs to train", True),
         "early_stopping.patience": Key(
             0, number(0, integer=True), "epochs without a better val error; 0 = off", True
         ),
         "devices.strategy": Key(
             "sharding", choice(placement.STRATEGIES), "one device, pmap, or jit over a mesh", True
         ),
-        "checkpoint.keep": Key(3, count, "checkpoints kept in WORKDIR/checkpoints", True),
+        "checkpoint.keep": Key(3, _COUNT, "checkpoints kept in WORKDIR/checkpoints", True),
         "checkpoint.every_steps": Key(
             0, number(0, integer=True), "also save every N steps; 0 = by time only", True
         ),
         "checkpoint.every_seconds": Key(
             60.0, number(0.0), "save at a chunk end once this long since the last; 0 = off", True
         ),
-        "steps_per_chunk": Key(10, count, "compiled steps per dispatch (unrolled on CPU)", True),
+        "steps_per_chunk": Key(10, _COUNT, "compiled steps per dispatch (unrolled on CPU)", True),
         "log_every_seconds": Key(
             5.0, number(0.0), "a progress line this often when stderr is no terminal", True
         ),
@@ -176,6 +188,10 @@ def _keys() -> dict[str, Key]:
             "~/.cache/jaxnet/xla", TEXT, "JAX's persistent compilation cache; '' = off", True
         ),
     }
+
+
+def _keys() -> dict[str, Key]:
+    return {**_data_and_model_keys(), **_objective_keys(), **_run_keys()}
 
 
 KEYS = _keys()

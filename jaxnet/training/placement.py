@@ -9,6 +9,8 @@ the other hosts never see. The global batch, and so the result, is the one a sin
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -23,12 +25,14 @@ class Placement:
 
     name = ""
     axis_name: str | None = None
+    _can_compile_ahead = True  # abstract shapes describe the arguments fully
 
     def __init__(self, model, loss_fn, optimizer, devices=None):
         self.multi_process = jax.process_count() > 1
         self.devices = self._choose_devices(devices)
         chunk = make_chunk_fn(model, loss_fn, optimizer, self.axis_name, fed=self.multi_process)
         self._chunk = self._compile(chunk)
+        self._ahead = None  # a chunk being compiled in the background (compile_ahead)
         self.compiled = False  # until the first chunk has run: its time includes compilation
 
     @property
@@ -50,13 +54,30 @@ class Placement:
             return np.asarray(images), np.asarray(labels)
         return self._put_replicated(images), self._put_replicated(labels)
 
+    def compile_ahead(self, state_shapes, data_shapes, chunk_shape: tuple[int, int]) -> None:
+        """Start compiling the chunk for these shapes on a thread; the first run_chunk waits.
+
+        Tracing holds the GIL, so it happens here; XLA compiles with the GIL released, so the
+        trainer's own start-up (the initial state, the evaluation program, its logs) proceeds
+        meanwhile on the other cores.
+        """
+        if self.multi_process or not self._can_compile_ahead:
+            return
+        index = jax.ShapeDtypeStruct(chunk_shape, np.int32)
+        weight = jax.ShapeDtypeStruct(chunk_shape, np.float32)
+        args = (state_shapes, *data_shapes, index, weight)
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile-chunk")
+        self._ahead = pool.submit(self._chunk.lower(*args).compile)
+        pool.shutdown(wait=False)
+
     def run_chunk(self, state, data, indices, weights):
         """One compiled chunk: (state, per-step risks of this host's first device)."""
         if self.multi_process:
             fixed, batched = (), self._host_columns(data, indices, weights)
         else:
             fixed, batched = data, (indices, weights)
-        state, risks = self._chunk(state, *fixed, *(self._lay_out(b) for b in batched))
+        call = self._chunk if self._ahead is None else self._ahead.result()
+        state, risks = call(state, *fixed, *(self._lay_out(b) for b in batched))
         self.compiled = True
         return state, self._first_copy(risks)
 
@@ -132,6 +153,7 @@ class Pmap(Placement):
 
     name = "pmap"
     axis_name = "data"
+    _can_compile_ahead = False  # its arguments carry a device axis the shapes do not
 
     def _choose_devices(self, devices):
         return list(devices or jax.local_devices())

@@ -41,14 +41,19 @@ class EpochPlan(NamedTuple):
         return min(self.chunk_steps, self.steps - chunk * self.chunk_steps)
 
 
+def chunk_shape(num_examples: int, batch_size: int, steps_per_chunk: int) -> tuple[int, int]:
+    """(steps, batch) of every chunk of every epoch: the shape the chunk compiles for."""
+    batch = num_examples if batch_size == -1 else batch_size
+    return min(steps_per_chunk, math.ceil(num_examples / batch)), batch
+
+
 def epoch_plan(
     num_examples: int, batch_size: int, steps_per_chunk: int, seed: int, epoch: int
 ) -> EpochPlan:
     """The shuffled, padded batches of one epoch; the order depends only on (seed, epoch)."""
-    batch = num_examples if batch_size == -1 else batch_size
+    chunk, batch = chunk_shape(num_examples, batch_size, steps_per_chunk)
     order = np.random.default_rng([seed, epoch]).permutation(num_examples)
     steps = math.ceil(num_examples / batch)
-    chunk = min(steps_per_chunk, steps)
     total = math.ceil(steps / chunk) * chunk * batch
     indices = np.zeros(total, np.int32)
     weights = np.zeros(total, np.float32)
@@ -175,6 +180,12 @@ def make_evaluate(model, loss_fn, num_classes: int, batch_size: int = 1000) -> C
         predicted = jax.nn.one_hot(predictions(logits), num_classes, dtype=w.dtype)
         return loss, jnp.einsum("n,ni,nj->ij", w, true, predicted)
 
+    def warm_up(params, input_shape, dtype=np.float32) -> None:
+        """Compile the evaluation program now (on zeros), so no epoch end waits for it."""
+        x = np.zeros((batch_size, *input_shape), dtype)
+        y, w = np.zeros(batch_size, np.int32), np.zeros(batch_size, np.float32)
+        jax.block_until_ready(batch_stats(jax.device_put(params, jax.local_devices()[0]), x, y, w))
+
     def evaluate(params, images, labels) -> Evaluation:
         n = len(labels)
         if n == 0:
@@ -197,4 +208,5 @@ def make_evaluate(model, loss_fn, num_classes: int, batch_size: int = 1000) -> C
         errors = n - np.trace(confusion)
         return Evaluation(total_loss / n, float(errors / n), np.rint(confusion).astype(np.int64))
 
+    evaluate.warm_up = warm_up
     return evaluate

@@ -36,7 +36,7 @@ from jaxnet.training.checkpoints import Checkpoints
 from jaxnet.training.config import ConfigError
 from jaxnet.training.placement import STRATEGIES
 from jaxnet.training.reporting import Report
-from jaxnet.training.steps import EpochPlan, epoch_plan, make_evaluate, run_epoch
+from jaxnet.training.steps import EpochPlan, chunk_shape, epoch_plan, make_evaluate, run_epoch
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -190,7 +190,10 @@ def check_resume(config, workdir: str, log) -> None:
             "the saved config (omit those flags) or start a new run with another --workdir"
         )
     if allowed:
-        log(f"resuming with changed settings: {'; '.join(allowed)}")
+        note = "; ".join(allowed)
+        if saved.schedule.name == "cosine" and saved.epochs != config.epochs:
+            note += f" (the cosine schedule now decays over {config.epochs} epochs)"
+        log(f"resuming with changed settings: {note}")
 
 
 def _check_workdir_paths(workdir: str) -> None:
@@ -213,6 +216,32 @@ def _check_data_fits(config, dataset, placement) -> None:
     problem = placement.batch_problem(batch)
     if problem:
         raise ConfigError(f"config.batch_size={batch}: {problem}")
+
+
+def _device_memory() -> int | None:
+    """Bytes one device can hold: its own limit on accelerators, the host's memory on CPU."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None
+
+
+def _check_state_fits(config, built) -> None:
+    """The state, and the best parameters beside it, must fit on one device."""
+    state = jax.tree_util.tree_leaves(built.abstract_state())
+    params = jax.tree_util.tree_leaves(built.abstract_params())
+    need = sum(x.size * x.dtype.itemsize for x in state + params)
+    have = _device_memory()
+    if have is not None and need > have:
+        m = config.model
+        raise ConfigError(
+            f"config.model.hidden={tuple(m.hidden)}, model.channels={tuple(m.channels)} give a "
+            f"training state of {need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB "
+            "of one device: use smaller layers"
+        )
 
 
 def _empty_validation_rule(config, dataset, log) -> str | None:
@@ -250,6 +279,7 @@ def prepare(config, workdir: str, *, log=print, dataset=None, devices=None, prog
     if problem:
         raise ConfigError(problem)
     built = build.Built(config, dataset)
+    _check_state_fits(config, built)
     try:
         placement = STRATEGIES[config.devices.strategy](
             built.model, built.loss_fn, built.optimizer, devices
@@ -261,11 +291,16 @@ def prepare(config, workdir: str, *, log=print, dataset=None, devices=None, prog
     _enable_compilation_cache(config.compilation_cache_dir, log)
     with _removed_on_failure(workdir):
         lock = _lock(workdir) if primary else None  # before orbax, which clears unfinished saves
-        checkpoints = Checkpoints(
-            os.path.join(workdir, "checkpoints"), config.checkpoint.keep, log=log
-        )
-        if primary and _saved_config(workdir) is None:
-            _write_atomically(os.path.join(workdir, "config.json"), config_lib.to_json(config))
+        try:
+            checkpoints = Checkpoints(
+                os.path.join(workdir, "checkpoints"), config.checkpoint.keep, log=log
+            )
+            if primary and _saved_config(workdir) is None:
+                _write_atomically(os.path.join(workdir, "config.json"), config_lib.to_json(config))
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
     evaluate = make_evaluate(built.model, built.loss_fn, dataset.num_classes)
     return Run(
         config,
@@ -337,8 +372,24 @@ def _host_copy(tree):
     return jax.tree_util.tree_map(lambda a: np.array(a, copy=True), tree)
 
 
+def _compile_ahead(run: Run) -> None:
+    train, c = run.dataset.train, run.config
+    data = tuple(
+        jax.ShapeDtypeStruct(a.shape, jax.dtypes.canonicalize_dtype(a.dtype))
+        for a in (train.images, train.labels)
+    )
+    shape = chunk_shape(len(train.labels), c.batch_size, c.steps_per_chunk)
+    run.placement.compile_ahead(run.built.abstract_state(), data, shape)
+
+
 def restore(run: Run) -> None:
-    """The newest intact checkpoint (falling back past damaged ones), or the initial state."""
+    """The newest intact checkpoint (falling back past damaged ones), or the initial state.
+
+    A fresh run compiles its chunk meanwhile; a resumed one once it knows there is work left.
+    """
+    fresh = not run.checkpoints.steps()
+    if fresh:
+        _compile_ahead(run)
     state = run.built.initial_state()
     if run.placement.multi_process:
         state = jax.tree_util.tree_map(np.asarray, state)
@@ -357,6 +408,8 @@ def restore(run: Run) -> None:
         )
     else:
         run.last_save = (0, time.monotonic())
+    if not fresh and not run.done:
+        _compile_ahead(run)
     run.best_params = best
     run.step = int(np.asarray(state.step))
     run.state = run.placement.put_state(state)
@@ -622,6 +675,7 @@ def train_and_evaluate(
             restore(run)
             _open_report(run, progress)
             quiet(describe_run(run))
+            run.evaluate.warm_up(run.best_params, run.dataset.input_shape)
             signals.deferred = True
             while not run.done:
                 train_epoch(run)
