@@ -331,3 +331,15 @@ def test_a_full_disk_raises_naming_the_step_and_keeps_earlier_checkpoints(
     restored, lines = restore(folder, values[40][0])
     assert restored.step == 40 and lines == []
     assert_same(restored.state, values[40][0])
+
+
+def test_a_read_only_reader_leaves_a_save_in_progress_alone(saved):
+    folder, values = saved
+    in_flight = os.path.join(folder, "50.orbax-checkpoint-tmp")  # another run is writing it
+    os.makedirs(os.path.join(in_flight, "state"))
+    reader = Checkpoints(folder, 3, log=lambda line: None, read_only=True)
+    restored = reader.restore(zeros_like(values[40][0]), zeros_like(values[40][1]))
+    reader.close()
+    assert restored.step == 40
+    assert_same(restored.state, values[40][0])
+    assert os.path.isdir(in_flight) and steps(folder) == [20, 30, 40]

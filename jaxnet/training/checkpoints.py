@@ -46,18 +46,26 @@ class Restored(NamedTuple):
 class Checkpoints:
     """The checkpoints in `directory`: asynchronous saves, verified restores."""
 
-    def __init__(self, directory: str, keep: int, *, log=print):
+    def __init__(self, directory: str, keep: int, *, log=print, read_only: bool = False):
+        """read_only: only to restore (evaluation), beside a run that may be saving right now."""
         self.directory = os.path.abspath(directory)
         self.log = log
         self._pending: int | None = None  # the step orbax is writing in the background
         self._damaged: list[int] = []  # steps newer than the restored one, replaced on next save
-        _prepare(self.directory)
+        if read_only:
+            if os.path.lexists(self.directory) and not os.path.isdir(self.directory):
+                raise CheckpointError(f"{self.directory} is not a folder: move it away")
+        else:
+            _prepare(self.directory)
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
-            create=True,
+            preservation_policy=None if read_only else ocp.checkpoint_managers.LatestN(n=keep),
+            save_interval_steps=0 if read_only else 1,
+            create=not read_only,
+            read_only=read_only,
             enable_async_checkpointing=True,
             async_options=ocp.AsyncOptions(timeout_secs=TIMEOUT_S),
-            cleanup_tmp_directories=True,  # what a run killed mid-save left behind
+            # what a run killed mid-save left behind; never another run's save in progress
+            cleanup_tmp_directories=not read_only,
         )
         try:
             self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)

@@ -111,7 +111,7 @@ def run_config(flags, workdir: str):
     saved_path = os.path.join(workdir, "config.json")
     if flags["config"].present or not os.path.isfile(saved_path):
         return flags.config, False
-    saved = trainer._saved_config(workdir)
+    saved = trainer.saved_config(workdir)
     for name, value in config_flags.get_override_values(flags["config"]).items():
         config_lib.set_value(saved, name, value)
     return saved, True

@@ -170,7 +170,7 @@ def _load_data(config, log):
         raise
 
 
-def _saved_config(workdir: str):
+def saved_config(workdir: str):
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         return None
@@ -180,7 +180,7 @@ def _saved_config(workdir: str):
 
 def check_resume(config, workdir: str, log) -> None:
     """Stop if `config` differs from the workdir's saved config in a key that may not change."""
-    saved = _saved_config(workdir)
+    saved = saved_config(workdir)
     if saved is None:
         return
     allowed, refused = config_lib.resume_changes(saved, config)
@@ -295,7 +295,7 @@ def prepare(config, workdir: str, *, log=print, dataset=None, devices=None, prog
             checkpoints = Checkpoints(
                 os.path.join(workdir, "checkpoints"), config.checkpoint.keep, log=log
             )
-            if primary and _saved_config(workdir) is None:
+            if primary and saved_config(workdir) is None:
                 _write_atomically(os.path.join(workdir, "config.json"), config_lib.to_json(config))
         except BaseException:
             if lock is not None:
@@ -691,7 +691,7 @@ def train_and_evaluate(
 
 def evaluate_workdir(workdir: str, config=None, *, log=print, dataset=None) -> dict:
     """Test accuracy and confusion matrix of a workdir's best parameters, from its saved config."""
-    saved = _saved_config(workdir)
+    saved = saved_config(workdir)
     if saved is None:
         raise WorkdirError(f"{workdir} holds no run (no config.json): train first with it")
     if config is not None:
@@ -703,7 +703,8 @@ def evaluate_workdir(workdir: str, config=None, *, log=print, dataset=None) -> d
     if problem:
         raise ConfigError(problem)
     built = build.Built(config, dataset)
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep, log=log)
+    folder = os.path.join(workdir, "checkpoints")
+    checkpoints = Checkpoints(folder, config.checkpoint.keep, log=log, read_only=True)
     try:
         state = built.initial_state()
         restored = checkpoints.restore(state, _host_copy(state.params))
