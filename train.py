@@ -83,7 +83,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
         # orbax also logs its failures with tracebacks; the trainer reports each in one line
         logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
-    status, message = cli.run(FLAGS, DEFAULT_CONFIG)
+    status, message = cli.run(FLAGS)
     if message:
         _fail(message, status)
 

@@ -25,6 +25,9 @@ _spec.loader.exec_module(launch)
 TRICKY = ["--config.model.name=a b", '--config.note=it\'s "quoted"', "--config.epochs=3"]
 
 
+TPU_VM = ["gcloud", "compute", "tpus", "tpu-vm"]
+
+
 def dry_run(*argv):
     return subprocess.run(
         [sys.executable, SCRIPT, "--dry-run", *argv],
@@ -71,10 +74,7 @@ def test_dry_run_prints_every_step_in_order_and_quotes_overrides(tmp_path):
         "HEAD",
     ]
     assert create == [
-        "gcloud",
-        "compute",
-        "tpus",
-        "tpu-vm",
+        *TPU_VM,
         "create",
         name,
         "--zone=us-central2-b",
@@ -82,26 +82,15 @@ def test_dry_run_prints_every_step_in_order_and_quotes_overrides(tmp_path):
         "--version=tpu-ubuntu2204-base",
     ]
     assert copy == [
-        "gcloud",
-        "compute",
-        "tpus",
-        "tpu-vm",
+        *TPU_VM,
         "scp",
         tarball,
         f"{name}:jaxnet.tar.gz",
         "--zone=us-central2-b",
         "--worker=all",
     ]
-    assert unpack[:8] == [
-        "gcloud",
-        "compute",
-        "tpus",
-        "tpu-vm",
-        "ssh",
-        name,
-        "--zone=us-central2-b",
-        "--worker=all",
-    ]
+    ssh_all = [*TPU_VM, "ssh", name, "--zone=us-central2-b", "--worker=all"]
+    assert unpack[:8] == ssh_all
     assert (
         remote(unpack)
         == "rm -rf ~/jaxnet && mkdir -p ~/jaxnet && tar -xzf ~/jaxnet.tar.gz -C ~/jaxnet"
@@ -113,16 +102,7 @@ def test_dry_run_prints_every_step_in_order_and_quotes_overrides(tmp_path):
     )
 
     # Training runs on every worker at once, and each override reaches train.py as one intact word.
-    assert train[:8] == [
-        "gcloud",
-        "compute",
-        "tpus",
-        "tpu-vm",
-        "ssh",
-        name,
-        "--zone=us-central2-b",
-        "--worker=all",
-    ]
+    assert train[:8] == ssh_all
     cd, on_worker = remote(train).split(" && ")
     assert cd == "cd ~/jaxnet"
     assert shlex.split(on_worker) == [

@@ -125,7 +125,7 @@ def _default_workdir(flags) -> str:
     return os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def run(flags, default_config: str) -> tuple[int, str | None]:
+def run(flags) -> tuple[int, str | None]:
     """Carry out --mode on the flags' config; (exit status, message or None)."""
     if flags.mode == "keys":
         print(config_lib.describe(flags.config))

@@ -19,8 +19,8 @@ metrics.jsonl holds one JSON object a line, flushed as written:
 A run resumed from the checkpoint of step S first keeps only the rows of steps <= S (no test row),
 and its TensorBoard event file starts by purging the events of steps > S (a SessionLog START at
 step S + 1, as tensorboardX's purge_step writes), so re-run steps appear once; a fresh run
-(resume_step=None) starts both over. Rows and events are flushed before `chunk` and `end_epoch`
-return, so a checkpoint saved after them never lacks them.
+(resume_step=None) starts both over. Rows are flushed as written; TensorBoard events at `flush`,
+which the trainer calls before each checkpoint, so a checkpoint never lacks them.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class Report:
         self._lines_wanted = progress and not tty and log_every_seconds > 0
         self._step = resume_step or 0
         self._timed_examples, self._timed_seconds = 0, 0.0  # chunks without compilation
-        self._compile_measured = self._compile_given = None
+        self._compile_measured = None
         self._ep: _Epoch | None = None
         self._bar, self._drawn = None, -math.inf
         self._mark = self._last_line = clock()
@@ -123,12 +123,8 @@ class Report:
 
     @property
     def compile_seconds(self) -> float | None:
-        """Seconds of the chunks marked compiled (or the value the trainer assigned)."""
-        return self._compile_given if self._compile_given is not None else self._compile_measured
-
-    @compile_seconds.setter
-    def compile_seconds(self, value: float | None) -> None:
-        self._compile_given = value
+        """Seconds of the chunks marked compiled: the first of a run includes compilation."""
+        return self._compile_measured
 
     def log_config(self, config_json: str) -> None:
         """The run's configuration as TensorBoard text "config" (a JSON code block)."""
@@ -215,8 +211,7 @@ class Report:
         """The epoch's row (see the module docstring): the table, metrics.jsonl, TensorBoard."""
         self._close_bar()
         self._print_header()
-        row = {"kind": "epoch", **row}
-        row["kind"] = "epoch"
+        row = {**row, "kind": "epoch"}
         row.setdefault("val_accuracy", 1.0 - row["val_error"])
         self._step = row["step"]
         line = table_row(row)

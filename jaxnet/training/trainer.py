@@ -94,7 +94,6 @@ class Run:
     step: int = 0  # state.step, counted on the host: reading it from the devices waits for them
     best_params: Any = None  # host copy
     data: Any = None
-    compile_seconds: float | None = None
     last_save: tuple[int, float] = (0, 0.0)  # (step, time)
     resumed_from: int | None = None
     evaluate: Any = None
@@ -418,8 +417,9 @@ def restore(run: Run) -> None:
 
 
 def _check_chunk_position(run: Run) -> None:
-    p, k = run.progress, run.config.steps_per_chunk
-    if p.step_in_epoch % min(k, run.built.steps_per_epoch):
+    p, c = run.progress, run.config
+    k = c.steps_per_chunk
+    if p.step_in_epoch % chunk_shape(len(run.dataset.train.labels), c.batch_size, k)[0]:
         raise ConfigError(
             f"the checkpoint stopped {p.step_in_epoch} steps into epoch {p.epoch + 1}, not a "
             f"multiple of config.steps_per_chunk={k}: resume with the steps_per_chunk of the "
@@ -469,7 +469,7 @@ def train_epoch(run: Run) -> None:
     last_chunk = plan.indices.shape[0] - 1
     for state, result in run_epoch(run.placement, run.state, run.data, plan, first):
         run.state = state
-        _after_chunk(run, plan, result, started)
+        _after_chunk(run, plan, result)
         if result.chunk == last_chunk:
             break
         save_due, stop = run.placement.agree(_save_due(run), bool(run.signals.received))
@@ -480,9 +480,7 @@ def train_epoch(run: Run) -> None:
     _end_epoch(run, time.perf_counter() - started)
 
 
-def _after_chunk(run: Run, plan: EpochPlan, result, started: float) -> None:
-    if result.compiled and run.compile_seconds is None:
-        run.compile_seconds = time.perf_counter() - started
+def _after_chunk(run: Run, plan: EpochPlan, result) -> None:
     p = run.progress
     if not np.all(np.isfinite(result.risks)):
         _non_finite(run, plan, result)
@@ -577,8 +575,8 @@ def _end_epoch(run: Run, seconds: float) -> None:
     run.report.end_epoch(row)
     p.epoch, p.step_in_epoch, p.risk_sum, p.risk_steps = p.epoch + 1, 0, 0.0, 0
     last = run.done
-    stop = run.placement.agree(bool(run.signals.received))[0]
-    if last or stop or run.placement.agree(_save_due(run))[0]:
+    stop, due = run.placement.agree(bool(run.signals.received), _save_due(run))
+    if last or stop or due:
         save(run, force=last or stop)
     if stop and not last:
         _stop(run)
@@ -633,7 +631,7 @@ def finish(run: Run) -> dict:
         "test_accuracy": result.accuracy,
         "test_error": result.error,
         "confusion_matrix": result.confusion.tolist(),
-        "compile_seconds": run.compile_seconds,
+        "compile_seconds": run.report.compile_seconds,
         "train_seconds": float(sum(r["seconds"] for r in p.history)),
         "step": run.last_save[0],
     }
