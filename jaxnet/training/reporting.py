@@ -187,7 +187,8 @@ class Report:
         loss = math.fsum(float(x) for x in losses) / len(losses) if len(losses) else math.nan
         lr = float(learning_rate)
         row = {"kind": "chunk", "step": step, "epoch": epoch, "train/loss": loss}
-        self._write_row({**row, "train/learning_rate": lr})
+        # chunk rows reach the file at the epoch's end, a checkpoint or a progress line
+        self._write_row({**row, "train/learning_rate": lr}, flush=False)
         self._scalars(step, {"train/loss": loss, "train/learning_rate": lr})
         if self._ep is not None:
             self._ep.advance(examples, losses)
@@ -275,6 +276,8 @@ class Report:
         elif self._lines_wanted and now - self._last_line >= self.log_every_seconds:
             self._last_line = now
             self.log(self.progress_line())
+            if self._metrics is not None:
+                self._metrics.flush()
 
     def _print_header(self) -> None:
         if not self._header_done:
@@ -286,10 +289,11 @@ class Report:
             self._bar.close()
             self._bar = None
 
-    def _write_row(self, row: dict) -> None:
+    def _write_row(self, row: dict, flush: bool = True) -> None:
         if self._metrics is not None:
             self._metrics.write(json.dumps(row) + "\n")
-            self._metrics.flush()
+            if flush:
+                self._metrics.flush()
 
     def _scalars(self, step: int, values: dict) -> None:
         """TensorBoard scalars; NaN (an empty split) and None are left out."""
@@ -305,6 +309,8 @@ class Report:
         TensorBoard's writer syncs the file at each flush, so per chunk it would cost more than
         a small model's steps; before a checkpoint it keeps a resumed run's events complete.
         """
+        if self._metrics is not None:
+            self._metrics.flush()
         if self._tb is not None:
             self._tb.flush()
 

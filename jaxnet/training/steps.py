@@ -10,6 +10,7 @@ batch, so splitting the batch across devices changes nothing but where the sum i
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -180,11 +181,26 @@ def make_evaluate(model, loss_fn, num_classes: int, batch_size: int = 1000) -> C
         predicted = jax.nn.one_hot(predictions(logits), num_classes, dtype=w.dtype)
         return loss, jnp.einsum("n,ni,nj->ij", w, true, predicted)
 
-    def warm_up(params, input_shape, dtype=np.float32) -> None:
-        """Compile the evaluation program now (on zeros), so no epoch end waits for it."""
-        x = np.zeros((batch_size, *input_shape), dtype)
-        y, w = np.zeros(batch_size, np.int32), np.zeros(batch_size, np.float32)
-        jax.block_until_ready(batch_stats(jax.device_put(params, jax.local_devices()[0]), x, y, w))
+    ahead = []  # the program compile_ahead started, once there is one
+
+    def compile_ahead(param_shapes, input_shape, dtype=np.float32) -> None:
+        """Start compiling the evaluation program for these shapes on a thread, as
+        Placement.compile_ahead does the chunk's; the first evaluation waits for it."""
+        x = jax.ShapeDtypeStruct((batch_size, *input_shape), dtype)
+        y = jax.ShapeDtypeStruct((batch_size,), np.int32)
+        w = jax.ShapeDtypeStruct((batch_size,), np.float32)
+        lowered = batch_stats.lower(param_shapes, x, y, w)
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile-evaluation")
+        ahead[:] = [pool.submit(lowered.compile)]
+        pool.shutdown(wait=False)
+
+    def stats(params, x, y, w):
+        if ahead:
+            try:
+                return ahead[0].result()(params, x, y, w)
+            except TypeError:  # other shapes or dtypes than compiled ahead: jit's own program
+                pass
+        return batch_stats(params, x, y, w)
 
     def evaluate(params, images, labels) -> Evaluation:
         n = len(labels)
@@ -202,11 +218,11 @@ def make_evaluate(model, loss_fn, num_classes: int, batch_size: int = 1000) -> C
             if pad:
                 x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
                 y = np.concatenate([y, np.zeros(pad, y.dtype)])
-            loss, conf = batch_stats(params, x, y, w)
+            loss, conf = stats(params, x, y.astype(np.int32), w)
             total_loss += float(loss)
             confusion += np.asarray(conf)
         errors = n - np.trace(confusion)
         return Evaluation(total_loss / n, float(errors / n), np.rint(confusion).astype(np.int64))
 
-    evaluate.warm_up = warm_up
+    evaluate.compile_ahead = compile_ahead
     return evaluate

@@ -379,6 +379,7 @@ def _compile_ahead(run: Run) -> None:
     )
     shape = chunk_shape(len(train.labels), c.batch_size, c.steps_per_chunk)
     run.placement.compile_ahead(run.built.abstract_state(), data, shape)
+    run.evaluate.compile_ahead(run.built.abstract_params(), run.dataset.input_shape, data[0].dtype)
 
 
 def restore(run: Run) -> None:
@@ -489,7 +490,7 @@ def _after_chunk(run: Run, plan: EpochPlan, result) -> None:
     p.risk_steps += len(result.risks)
     run.step += len(result.risks)  # only padding steps leave the state as it was
     p.step_in_epoch = (result.chunk + 1) * plan.chunk_steps
-    lr, _ = _hyperparameters(run)
+    lr = _learning_rate(run)
     run.report.chunk(
         step=run.step,
         epoch=p.epoch + 1,
@@ -517,9 +518,9 @@ def _non_finite(run: Run, plan: EpochPlan, result) -> None:
     )
 
 
-def _hyperparameters(run: Run) -> tuple[float, float]:
+def _learning_rate(run: Run) -> float:
     host = run.placement.host_state(run.state)
-    return build.hyperparameters(host.opt_state, run.config.optimizer)
+    return float(host.opt_state.hyperparams["learning_rate"])
 
 
 def _save_due(run: Run) -> bool:
@@ -673,7 +674,6 @@ def train_and_evaluate(
             restore(run)
             _open_report(run, progress)
             quiet(describe_run(run))
-            run.evaluate.warm_up(run.best_params, run.dataset.input_shape)
             signals.deferred = True
             while not run.done:
                 train_epoch(run)
