@@ -533,3 +533,27 @@ def test_a_damaged_saved_config_is_named_in_one_line(tmp_path):
     (tmp_path / "config.json").write_text('{"optimizer": {"lerning_rate": 0.1}}')
     with pytest.raises(ConfigError, match="lerning_rate in .*config.json; did you mean"):
         quiet(small_config(epochs=1), tmp_path, toy_dataset())
+
+
+def test_evaluation_compiled_ahead_counts_what_numpy_counts():
+    """The program compile_ahead builds, given float32 or float64 inputs, against numpy."""
+    from jaxnet.training.steps import make_evaluate
+
+    seed = int(np.random.default_rng().integers(1 << 30))
+    data = toy_dataset(seed, n_val=1234)  # two batches of 1000, the second padded
+    built = build.Built(small_config(), data)
+    params = built.initial_state().params
+    evaluate = make_evaluate(built.model, built.loss_fn, data.num_classes)
+    evaluate.compile_ahead(built.abstract_params(), data.input_shape, np.float32)
+    val = data.validation
+    ahead = evaluate(params, val.images, val.labels)
+    other_dtype = evaluate(params, val.images.astype(np.float64), val.labels.astype(np.int64))
+    logits = np.asarray(built.model.apply(params, val.images))
+    predicted = logits.argmax(axis=1)
+    expected = np.zeros((data.num_classes, data.num_classes), np.int64)
+    np.add.at(expected, (val.labels, predicted), 1)
+    loss = float(np.mean(built.loss_fn(logits, val.labels)))
+    for result in (ahead, other_dtype):
+        np.testing.assert_array_equal(result.confusion, expected)
+        assert result.error == pytest.approx(np.mean(predicted != val.labels))
+        assert result.loss == pytest.approx(loss, rel=1e-5)
