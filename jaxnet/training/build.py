@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnet import activations, losses, models, optim
+from jaxnet import activations, losses, models, optim, precision
 from jaxnet.training.steps import TrainState
 
 OUTPUT_ACTIVATIONS = {
@@ -53,6 +53,14 @@ LOSSES = {
 }
 # Losses computed from logits fix the output activation; "none" means "the loss's own".
 LOSS_OUTPUTS = {"cross_entropy": ("none", "softmax"), "binary_cross_entropy": ("none", "sigmoid")}
+
+
+# The compute dtype of the forward and backward passes (config.dtype). Parameters, optimizer
+# state, the loss and its soft-max stay float32 under every policy (`jaxnet.precision`).
+COMPUTE_DTYPES = {
+    "float32": lambda network: network,
+    "bfloat16": lambda network: precision.mixed(network, jnp.bfloat16),
+}
 
 
 def per_sample_loss(loss_name: str, output_activation: str, num_classes: int):
@@ -205,7 +213,8 @@ class Built:
 
     def __init__(self, config, dataset):
         self.config, self.dataset = config, dataset
-        self.model = models.build_model(config.model, dataset.num_classes)
+        network = models.build_model(config.model, dataset.num_classes)
+        self.model = COMPUTE_DTYPES[config.dtype](network)
         self.loss_fn = per_sample_loss(
             config.loss, config.model.output_activation, dataset.num_classes
         )

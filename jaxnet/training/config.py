@@ -18,7 +18,7 @@ from typing import Any
 import ml_collections
 
 from jaxnet import data, models
-from jaxnet.training import build, placement
+from jaxnet.training import build, placement, steps
 
 LIST_KEYS = "python train.py --mode=keys"
 
@@ -173,6 +173,12 @@ def _run_keys() -> dict[str, Key]:
         "devices.strategy": Key(
             "sharding", choice(placement.STRATEGIES), "one device, pmap, or jit over a mesh", True
         ),
+        "dtype": Key(
+            "float32",
+            choice(build.COMPUTE_DTYPES),
+            "compute dtype; bfloat16 = mixed precision (float32 params, optimizer, loss)",
+            True,
+        ),
         "checkpoint.keep": Key(3, _COUNT, "checkpoints kept in WORKDIR/checkpoints", True),
         "checkpoint.every_steps": Key(
             0, number(0, integer=True), "also save every N steps; 0 = by time only", True
@@ -235,7 +241,8 @@ def unknown_key_message(name: str, where: str = "") -> str:
 
 
 def validate(config) -> None:
-    """Raise ConfigError unless `config` has exactly the known keys, each with an allowed value."""
+    """Raise ConfigError unless `config` has exactly the known keys, each with an allowed value
+    (and JAXNET_CHUNK, if set, names a chunk mode)."""
     have = flatten(config)
     for name in have:
         if name not in KEYS:
@@ -250,6 +257,10 @@ def validate(config) -> None:
         if problem:
             raise ConfigError(f"config.{name}={have[name]!r}: {problem}")
     _check_combinations(config)
+    try:  # the one setting outside the config, checked here so a bad one fails before any write
+        steps.chunk_mode()
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _check_combinations(config) -> None:

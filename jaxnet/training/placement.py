@@ -70,6 +70,11 @@ class Placement:
         self._ahead = pool.submit(self._chunk.lower(*args).compile)
         pool.shutdown(wait=False)
 
+    def compiled_chunk(self):
+        """The program compile_ahead started, once compiled (None without one): what the chunks
+        run, for a benchmark to time its compilation and read its cost analysis."""
+        return None if self._ahead is None else self._ahead.result()
+
     def run_chunk(self, state, data, indices, weights):
         """One compiled chunk: (state, per-step risks of this host's first device)."""
         if self.multi_process:

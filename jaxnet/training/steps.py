@@ -3,7 +3,10 @@
 An epoch is a fixed grid of index batches: the seed-determined permutation of the training set,
 padded with weight-0 entries to whole batches, and with weight-0 steps to whole chunks. One call
 runs a chunk of `steps_per_chunk` steps as a `lax.scan` (unrolled on CPU), so Python dispatches
-once per chunk and nothing recompiles on the last, partial batch. A step whose batch weighs 0
+once per chunk and nothing recompiles on the last, partial batch. The environment variable
+JAXNET_CHUNK (read by `chunk_mode` when a chunk is traced) chooses: `scan` runs the accelerators'
+`lax.scan` on any backend, CPU included, so the tests can run the GPU and TPU code path;
+`unrolled` the CPU's; `auto` (or unset) the backend's own. A step whose batch weighs 0
 leaves the state as it was. The risk of a batch is sum_n w_n l_n / sum_n w_n over the *global*
 batch, so splitting the batch across devices changes nothing but where the sum is computed.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import os
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -68,6 +72,20 @@ def predictions(logits):
     return jnp.argmax(logits, axis=-1)
 
 
+CHUNK_ENV = "JAXNET_CHUNK"
+CHUNK_MODES = ("auto", "scan", "unrolled")
+
+
+def chunk_mode() -> str:
+    """'scan' or 'unrolled': JAXNET_CHUNK if set, else unrolled on CPU and scan elsewhere."""
+    mode = os.environ.get(CHUNK_ENV, "") or "auto"
+    if mode not in CHUNK_MODES:
+        raise ValueError(f"{CHUNK_ENV}={mode!r} is not a chunk mode: use one of {CHUNK_MODES}")
+    if mode == "auto":
+        return "unrolled" if jax.default_backend() == "cpu" else "scan"
+    return mode
+
+
 def _unrolled_scan(step, state, xs, steps: int):
     # XLA on CPU runs a convolution inside a while loop ~15x slower than outside one (measured:
     # 735 vs 45 ms per step of the default CNN), so there the chunk is unrolled in Python: even
@@ -80,7 +98,7 @@ def _unrolled_scan(step, state, xs, steps: int):
 
 
 def _scan(step, state, xs, steps: int):
-    if jax.default_backend() == "cpu":
+    if chunk_mode() == "unrolled":
         return _unrolled_scan(step, state, xs, steps)
     return jax.lax.scan(step, state, xs)
 
