@@ -1,7 +1,8 @@
 """Datasets as numpy arrays on the host.
 
 MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's digits, and a synthetic problem.
-`load_dataset(name)` tries a fixed list of sources for each name, in order, and never downloads:
+`load_dataset(name)` tries a fixed list of sources for each name, in order; local data always
+comes first, and only `download=True` (train.py's default) reaches for the network:
 
 1. a TFDS dataset already prepared in the array_record format, in `data_dir` or else in TFDS's
    default data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets). It is read with
@@ -11,13 +12,18 @@ MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's digits, and a synthetic problem.
    `data_dir/<name>`, and for fashion_mnist the Debian package's
    /usr/share/datasets/fashion-mnist. For cifar10, the CIFAR-10 binary version
    (data_batch_1.bin ... test_batch.bin) in `data_dir` or `data_dir/cifar-10-batches-bin`.
-3. 'digits': scikit-learn's `load_digits`, whose data ships inside the package.
-4. 'synthetic': class prototype images plus Gaussian noise, generated from the seed.
+3. with `download=True`, for mnist, fashion_mnist and cifar10: the official files in the download
+   cache (`cache_dir`, else $JAXNET_DATASETS_CACHE, else ~/.cache/jaxnet/datasets), downloaded
+   there first if missing, from the official site or `mirror` (see `jaxnet.download`: each file
+   is checked against its SHA-256 and renamed into place whole). The host is probed first, so an
+   offline machine fails within seconds, saying the host is unreachable.
+4. 'digits': scikit-learn's `load_digits`, whose data ships inside the package.
+5. 'synthetic': class prototype images plus Gaussian noise, generated from the seed.
 
-If no source has the data, `DatasetNotFoundError` is raised at once. Its message lists every
-place looked and says how to get the data. Images are float32 in [0, 1], in NHWC layout; labels
-are int32 in [0, num_classes). The validation split is held out of the training split with a
-permutation drawn from `seed`. The test split is never touched.
+If no source has the data, `DatasetNotFoundError` is raised. Its message lists every place
+looked (and why the download failed) and says how to get the data. Images are float32 in [0, 1],
+in NHWC layout; labels are int32 in [0, num_classes). The validation split is held out of the
+training split with a permutation drawn from `seed`. The test split is never touched.
 
 Labels are checked where data enters: each source's files (naming the file and the first bad
 label), every `Split` (an integer dtype, finite images of a real dtype) and every `Dataset`,
@@ -38,6 +44,13 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+
+from jaxnet.download import ENV_VAR as _CACHE_ENV_VAR
+from jaxnet.download import OFFICIAL as _OFFICIAL
+from jaxnet.download import DownloadError as _DownloadError
+from jaxnet.download import cache_dir as _cache_dir
+from jaxnet.download import fetch as _fetch
+from jaxnet.download import source_url as _source_url
 
 __all__ = [
     "DATASETS",
@@ -105,6 +118,11 @@ _HOW_TO_GET = {
     ),
     "digits": "run `pip install scikit-learn` (load_digits reads data shipped inside the package).",
 }
+_DOWNLOAD_HINT = (
+    " Or, on a machine that reaches {url} (or a mirror: --config.dataset.mirror=URL), let "
+    "train.py download it (--config.dataset.download=True, the default; load_dataset(..., "
+    "download=True)) into the cache (--config.dataset.cache_dir=DIR or $" + _CACHE_ENV_VAR + ")."
+)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -534,7 +552,10 @@ def _to_unit(images: np.ndarray, maximum: float) -> np.ndarray:
     return out
 
 
-def _sources(name: str, data_dir: str | None, synthetic: tuple, seed: int) -> list[_Source]:
+def _sources(
+    name: str, data_dir: str | None, synthetic: tuple, seed: int, download: tuple | None
+) -> list[_Source]:
+    """The sources of `name` in order; `download` = (cache, what chose it, mirror, log) or None."""
     if name == "digits":
         return [_digits_source()]
     if name == "synthetic":
@@ -542,11 +563,33 @@ def _sources(name: str, data_dir: str | None, synthetic: tuple, seed: int) -> li
     sources = [_tfds_source(name, data_dir or _default_tfds_data_dir())]
     if name == "cifar10":
         dirs = [data_dir, os.path.join(data_dir, "cifar-10-batches-bin")] if data_dir else []
-        return sources + [_cifar10_bin_source(d) for d in dirs]
-    dirs = [data_dir, os.path.join(data_dir, name)] if data_dir else []
-    return sources + [
-        _idx_source(d, _NUM_CLASSES[name]) for d in dirs + list(SYSTEM_DIRS.get(name, ()))
-    ]
+        sources += [_cifar10_bin_source(d) for d in dirs]
+    else:
+        dirs = [data_dir, os.path.join(data_dir, name)] if data_dir else []
+        sources += [
+            _idx_source(d, _NUM_CLASSES[name]) for d in dirs + list(SYSTEM_DIRS.get(name, ()))
+        ]
+    # last, so that prepared or local data always wins and is read without any network access
+    return sources + ([_download_source(name, *download)] if download else [])
+
+
+def _download_source(name: str, cache: str, chosen_by: str, mirror: str | None, log) -> _Source:
+    """The official files in CACHE/NAME, downloaded there first if missing."""
+
+    def load():
+        log(f"{name}: download cache {cache} ({chosen_by})")
+        try:
+            folder = _fetch(name, cache, mirror, log)
+        except _DownloadError as error:
+            raise _Skip(str(error)) from None
+        if name == "cifar10":
+            return _cifar10_bin_source(folder).load()
+        return _idx_source(folder, _NUM_CLASSES[name]).load()
+
+    where = os.path.join(cache, name)
+    return _Source(
+        f"official files in {where}, downloaded from {_source_url(name, mirror)} if missing", load
+    )
 
 
 def _is_count(x) -> bool:
@@ -601,6 +644,9 @@ def load_dataset(
     synthetic_shape=(28, 28, 1),
     synthetic_classes=10,
     synthetic_size=(2048, 512),
+    download: bool = False,
+    cache_dir: str | None = None,
+    mirror: str | None = None,
     log=print,
 ) -> Dataset:
     """Load `name` from the first source that has it, holding out a validation split.
@@ -610,9 +656,13 @@ def load_dataset(
     that order and one with the source used. `validation_size` is a fraction 0 <= f < 1 of the
     training split, or a count; 0 holds nothing out. 'synthetic' generates `synthetic_size` =
     (train, test) examples of `synthetic_shape` (H, W, C) in `synthetic_classes` classes from
-    `seed`; its validation split comes out of the train part. Raises DatasetNotFoundError (a
-    FileNotFoundError) if no source has the data, without any download, and ValueError naming
-    the file if a source's labels are out of range.
+    `seed`; its validation split comes out of the train part. `download=True` adds, last for
+    mnist, fashion_mnist and cifar10, the official files in the download cache (`cache_dir`, else
+    $JAXNET_DATASETS_CACHE, else ~/.cache/jaxnet/datasets), fetched there first if missing, from
+    `mirror` (a URL holding NAME/FILE) or else the official site; `log` then also gets the cache
+    folder and what chose it. Raises DatasetNotFoundError (a FileNotFoundError) if no source has
+    the data, saying why the download failed if one was tried, and ValueError naming the file if
+    a source's labels are out of range.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
@@ -627,25 +677,30 @@ def load_dataset(
     )
     log = log or (lambda *_: None)
 
-    sources = _sources(name, data_dir, synthetic, seed)
+    downloads = download and name in _OFFICIAL
+    fetching = (*_cache_dir(cache_dir), mirror or None, log) if downloads else None
+    sources = _sources(name, data_dir, synthetic, seed, fetching)
     log(
         f"{name}: sources in order: "
         + "; ".join(f"{i}) {s.description}" for i, s in enumerate(sources, 1))
     )
-    tried = []
+    tried, why = [], "nothing is downloaded"
     for source in sources:
         try:
             arrays = source.load()
         except _Skip as skip:
             tried.append(f"{source.description}: skipped, {skip}")
+            why = f"its download failed: {skip}" if downloads else why  # the download is last
             continue
         tried.append(f"{source.description}: used")
         break
     else:
         looked = "\n".join(f"  {i}. {t}" for i, t in enumerate(tried, 1))
+        how = _HOW_TO_GET[name]
+        if name in _OFFICIAL:
+            how += _DOWNLOAD_HINT.format(url=_source_url(name, mirror or None))
         raise DatasetNotFoundError(
-            f"dataset {name!r} not found (nothing is downloaded). Looked in, in order:\n{looked}\n"
-            f"To get it: {_HOW_TO_GET[name]}"
+            f"dataset {name!r} not found ({why}). Looked in, in order:\n{looked}\nTo get it: {how}"
         )
 
     n = len(arrays.train_labels)

@@ -89,12 +89,26 @@ FLAG_CASES = [
     (["--config.batch_size=100000"], 2, "config.batch_size=100000 exceeds"),
     (["--config.dataset.validation_size=5000"], 2, "config.dataset.validation_size=5000"),
     (
-        ["--config.dataset.name=mnist", "--config.dataset.data_dir=/nonexistent"],
+        # an empty cache and a closed port as the mirror: the same case on a networked machine
+        [
+            "--config.dataset.name=mnist",
+            "--config.dataset.data_dir=/nonexistent",
+            "--config.dataset.cache_dir=/nonexistent",
+            "--config.dataset.mirror=http://127.0.0.1:1",
+        ],
         2,
-        "'mnist' not found",
+        "'mnist' not found (its download failed: the download host 127.0.0.1:1 is unreachable",
     ),
     (["--config.model.hidden=(1000000000,)"], 2, "GiB, more than the"),
-    (["--config.dataset.name=mnist", "--config.dataset.data_dir=/etc/passwd"], 2, "not found"),
+    (
+        [
+            "--config.dataset.name=mnist",
+            "--config.dataset.data_dir=/etc/passwd",
+            "--config.dataset.download=False",
+        ],
+        2,
+        "not found (nothing is downloaded)",
+    ),
     (["--mode=bogus"], 2, "mode"),
     (["--nonexistent_flag=1"], 2, "nonexistent_flag"),
     (["positional"], 2, "unexpected arguments"),

@@ -17,7 +17,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxnet import data, models
+from jaxnet import data, download, models
 from jaxnet.training import build, placement, steps
 
 LIST_KEYS = "python train.py --mode=keys"
@@ -89,8 +89,15 @@ def _validation_size(v):
     return None
 
 
+def _mirror(v):
+    if isinstance(v, str) and (v == "" or v.startswith(("http://", "https://"))):
+        return None
+    return "expected '' or a URL starting with http:// or https://"
+
+
 BOOLEAN = Check("True | False", lambda v: None if isinstance(v, bool) else "expected True/False")
 TEXT = Check("a string", lambda v: None if isinstance(v, str) else "expected a string")
+MIRROR = Check("'' (the official sites) or an http:// or https:// URL", _mirror)
 BATCH = Check(
     "an integer >= 1, or -1 for the full batch",
     lambda v: None if _is_int(v) and (v >= 1 or v == -1) else "use 1 (online), N, or -1 (full)",
@@ -119,6 +126,25 @@ def _data_and_model_keys() -> dict[str, Key]:
         "dataset.name": Key("fashion_mnist", choice(data.DATASETS), "the dataset"),
         "dataset.data_dir": Key(
             "", TEXT, "a prepared TFDS dir or a folder of IDX files; '' = defaults", True
+        ),
+        "dataset.download": Key(
+            True,
+            BOOLEAN,
+            "if no local source has mnist, fashion_mnist or cifar10: fetch its official files "
+            "into cache_dir",
+            True,
+        ),
+        "dataset.cache_dir": Key(
+            "",
+            TEXT,
+            f"where downloads are kept; '' = ${download.ENV_VAR}, else {download.DEFAULT_CACHE}",
+            True,
+        ),
+        "dataset.mirror": Key(
+            "",
+            MIRROR,
+            "a URL holding NAME/FILE for each official file; '' = the official sites",
+            True,
         ),
         "dataset.validation_size": Key(
             0.1,

@@ -161,7 +161,14 @@ def _load_data(config, log):
         size = int(size)
     try:
         return load_dataset(
-            d.name, data_dir=d.data_dir or None, validation_size=size, seed=config.seed, log=log
+            d.name,
+            data_dir=d.data_dir or None,
+            validation_size=size,
+            seed=config.seed,
+            download=d.download,
+            cache_dir=d.cache_dir or None,
+            mirror=d.mirror or None,
+            log=log,
         )
     except ValueError as error:
         if str(error).startswith("validation_size"):  # say which config key it is
