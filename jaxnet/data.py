@@ -45,6 +45,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxnet import paths
 from jaxnet.download import ENV_VAR as _CACHE_ENV_VAR
 from jaxnet.download import OFFICIAL as _OFFICIAL
 from jaxnet.download import DownloadError as _DownloadError
@@ -323,8 +324,7 @@ def read_idx(path) -> np.ndarray:
     ValueError naming the file if it is malformed.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        raw = f.read()
+    raw = paths.path(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
@@ -336,8 +336,8 @@ def read_idx(path) -> np.ndarray:
 def _find_idx(directory: str, stem: str) -> str | None:
     for variant in (stem, stem.replace("-idx", ".idx")):
         for suffix in (".gz", ""):
-            path = os.path.join(directory, variant + suffix)
-            if os.path.isfile(path):
+            path = paths.join(directory, variant + suffix)
+            if paths.path(path).is_file():
                 return path
     return None
 
@@ -375,17 +375,17 @@ def _idx_pair(images_path: str, labels_path: str, num_classes: int):
 
 def _idx_source(directory: str, num_classes: int) -> _Source:
     def load():
-        if not os.path.isdir(directory):
+        if not paths.path(directory).is_dir():
             raise _Skip("no such directory")
-        paths = [_find_idx(directory, stem) for stem in IDX_FILES]
-        missing = [stem + "[.gz]" for stem, path in zip(IDX_FILES, paths) if path is None]
+        found = [_find_idx(directory, stem) for stem in IDX_FILES]
+        missing = [stem + "[.gz]" for stem, path in zip(IDX_FILES, found) if path is None]
         if len(missing) == len(IDX_FILES):
             raise _Skip("no IDX files there")
         if missing:
             raise _Skip(f"incomplete: {', '.join(missing)} missing")
         return _Arrays(
-            *_idx_pair(paths[0], paths[1], num_classes),
-            *_idx_pair(paths[2], paths[3], num_classes),
+            *_idx_pair(found[0], found[1], num_classes),
+            *_idx_pair(found[2], found[3], num_classes),
             255,
         )
 
@@ -396,7 +396,7 @@ def _idx_source(directory: str, num_classes: int) -> _Source:
 
 
 def _read_cifar10_bin(path: str):
-    raw = np.fromfile(path, np.uint8)
+    raw = np.frombuffer(paths.path(path).read_bytes(), np.uint8)
     if raw.size == 0 or raw.size % 3073:
         raise ValueError(
             f"{path}: not a CIFAR-10 binary batch: {raw.size} bytes is not a positive multiple "
@@ -409,14 +409,14 @@ def _read_cifar10_bin(path: str):
 
 def _cifar10_bin_source(directory: str) -> _Source:
     def load():
-        if not os.path.isdir(directory):
+        if not paths.path(directory).is_dir():
             raise _Skip("no such directory")
-        missing = [f for f in CIFAR10_FILES if not os.path.isfile(os.path.join(directory, f))]
+        missing = [f for f in CIFAR10_FILES if not paths.path(directory).joinpath(f).is_file()]
         if len(missing) == len(CIFAR10_FILES):
             raise _Skip("no CIFAR-10 binary batches there")
         if missing:
             raise _Skip(f"incomplete: {', '.join(missing)} missing")
-        batches = [_read_cifar10_bin(os.path.join(directory, f)) for f in CIFAR10_FILES]
+        batches = [_read_cifar10_bin(paths.join(directory, f)) for f in CIFAR10_FILES]
         train = [np.concatenate(parts) for parts in zip(*batches[:-1])]
         return _Arrays(*train, *batches[-1], 255)
 
@@ -439,15 +439,11 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 def _tfds_source(name: str, root: str) -> _Source:
     def load():
-        folder = os.path.join(root, name)
-        versions = [
-            v
-            for v in (os.listdir(folder) if os.path.isdir(folder) else [])
-            if re.fullmatch(r"\d+\.\d+\.\d+", v)
-        ]
-        versions = [
-            v for v in versions if os.path.isfile(os.path.join(folder, v, "dataset_info.json"))
-        ]
+        folder = paths.join(root, name)
+        found = paths.path(folder)
+        names = [p.name for p in found.iterdir()] if found.is_dir() else []
+        versions = [v for v in names if re.fullmatch(r"\d+\.\d+\.\d+", v)]
+        versions = [v for v in versions if (found / v / "dataset_info.json").is_file()]
         if not versions:
             raise _Skip(f"no prepared {name} (no {name}/<version>/dataset_info.json)")
         version = max(versions, key=_version_key)

@@ -212,7 +212,7 @@ def test_a_folder_that_cannot_be_created_or_written_names_the_reason(tmp_path, m
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(checkpoints, "open", read_only, raising=False)
+    monkeypatch.setattr(checkpoints.paths, "write_text", read_only)
     out = within(10, lambda: Checkpoints(str(tmp_path / "checkpoints"), 3))
     message = str(out["error"])
     assert f"cannot write checkpoints to {tmp_path / 'checkpoints'} (Read-only" in message

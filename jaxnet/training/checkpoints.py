@@ -3,8 +3,10 @@
 Each step is a folder <step>/ holding the orbax items state/ and best/ (arrays), record/metadata
 (the JSON record) and checksums/metadata: sha256 digests of the state, best and record as saved.
 orbax writes a step into <step>.orbax-checkpoint-tmp and renames it when complete, so a crash
-mid-save leaves the earlier steps intact; the checksums catch what the rename cannot (a damaged
-disk, a truncated copy): restore() verifies them and falls back to the newest intact step.
+mid-save leaves the earlier steps intact; on an object store (gs://), which cannot rename a
+folder, it writes <step>/ in place and marks it complete with <step>/commit_success.txt last.
+The checksums catch what neither can (a damaged disk, a truncated copy): restore() verifies them
+and falls back to the newest intact step.
 Saves are asynchronous: save() copies the arrays to host memory and orbax writes them in the
 background. Only the last `keep` steps are kept.
 """
@@ -23,6 +25,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from jaxnet import paths
 
 TIMEOUT_S = 600  # orbax's bound on one background write; our waits allow twice that (its barriers)
 _ITEMS = ("state", "best", "record", "checksums")
@@ -48,12 +52,12 @@ class Checkpoints:
 
     def __init__(self, directory: str, keep: int, *, log=print, read_only: bool = False):
         """read_only: only to restore (evaluation), beside a run that may be saving right now."""
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.shown(directory)
         self.log = log
         self._pending: int | None = None  # the step orbax is writing in the background
         self._damaged: list[int] = []  # steps newer than the restored one, replaced on next save
         if read_only:
-            if os.path.lexists(self.directory) and not os.path.isdir(self.directory):
+            if _not_a_folder(self.directory):
                 raise CheckpointError(f"{self.directory} is not a folder: move it away")
         else:
             _prepare(self.directory)
@@ -68,19 +72,20 @@ class Checkpoints:
             cleanup_tmp_directories=not read_only,
         )
         try:
-            self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+            self.manager = ocp.CheckpointManager(
+                paths.path(self.directory), options=options, item_names=_ITEMS
+            )
         except OSError as error:
             raise CheckpointError(_unusable(self.directory, error)) from error
 
     def steps(self) -> list[int]:
         """The finalized steps on disk, ascending."""
-        # orbax names a step folder by its bare number only once the step is complete
+        directory = paths.path(self.directory)
         try:
-            names = os.listdir(self.directory)
+            names = [p.name for p in directory.iterdir()]
         except FileNotFoundError:
             return []
-        is_step = lambda n: n.isdigit() and os.path.isdir(os.path.join(self.directory, n))
-        return sorted(int(n) for n in names if is_step(n))
+        return sorted(int(n) for n in names if n.isdigit() and _finalized(directory / n))
 
     def latest_step(self) -> int | None:
         steps = self.steps()
@@ -225,23 +230,43 @@ class Checkpoints:
         )
 
 
+def _finalized(step) -> bool:
+    """Whether orbax completed the step folder `step`."""
+    if not paths.is_remote(step):  # orbax names a local step folder by its number once complete
+        return step.is_dir()
+    return ocp.path.step.is_path_finalized(step)  # remotely: once commit_success.txt is there
+
+
+def _not_a_folder(directory: str) -> bool:
+    if paths.is_remote(directory):
+        path = paths.path(directory)
+        return path.exists() and not path.is_dir()
+    return os.path.lexists(directory) and not os.path.isdir(directory)
+
+
 def _prepare(directory: str) -> None:
     """Create `directory` and prove it writable: orbax hung on a file named like it."""
-    if os.path.lexists(directory) and not os.path.isdir(directory):
+    if _not_a_folder(directory):
         raise CheckpointError(f"{directory} is not a folder: move it away or use another --workdir")
-    probe = os.path.join(directory, f".write-test-{socket.gethostname()}-{os.getpid()}")
+    probe = paths.join(directory, f".write-test-{socket.gethostname()}-{os.getpid()}")
     try:
-        os.makedirs(directory, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        paths.makedirs(directory)
+        paths.write_text(probe, "ok")
+        paths.path(probe).unlink()
+    except FileNotFoundError as error:
+        if paths.is_remote(directory):  # an object store refuses a new object only so
+            raise CheckpointError(
+                f"cannot write checkpoints to {directory}: the bucket {paths.store(directory)} "
+                "does not exist: create it, or check the --workdir"
+            ) from error
+        raise CheckpointError(_unusable(directory, error)) from error
     except OSError as error:
         raise CheckpointError(_unusable(directory, error)) from error
 
 
 def _unusable(directory: str, error: OSError) -> str:
     return (
-        f"cannot write checkpoints to {directory} ({error.strerror or error}): free space, fix "
+        f"cannot write checkpoints to {directory} ({paths.reason(error)}): free space, fix "
         "its permissions or use another --workdir"
     )
 

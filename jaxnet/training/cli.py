@@ -106,10 +106,11 @@ def run_config(flags, workdir: str):
     """The run's config: the workdir's saved one (with the flags' overrides), unless --config."""
     from ml_collections import config_flags
 
+    from jaxnet import paths
     from jaxnet.training import trainer
 
-    saved_path = os.path.join(workdir, "config.json")
-    if flags["config"].present or not os.path.isfile(saved_path):
+    saved_path = paths.join(workdir, "config.json")
+    if flags["config"].present or not paths.path(saved_path).is_file():
         return flags.config, False
     saved = trainer.saved_config(workdir)
     for name, value in config_flags.get_override_values(flags["config"]).items():
@@ -154,6 +155,7 @@ def jax_runtime_error() -> type:
 
 
 def _guarded(action) -> tuple[int, str | None]:
+    from jaxnet import paths
     from jaxnet.data import DatasetNotFoundError
     from jaxnet.training import trainer
     from jaxnet.training.checkpoints import CheckpointError
@@ -173,4 +175,8 @@ def _guarded(action) -> tuple[int, str | None]:
         return 1, f"{where}{error.strerror or _one_line(error)}"
     except ValueError as error:  # bad data (labels, shapes) or environment settings
         return 2, _one_line(error)
+    except Exception as error:  # a remote store's client: refused credentials, an HTTP error
+        if not paths.is_storage_error(error):
+            raise
+        return 1, f"the storage service failed: {_one_line(error)[:300]}"
     return 0, None

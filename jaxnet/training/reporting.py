@@ -21,6 +21,10 @@ and its TensorBoard event file starts by purging the events of steps > S (a Sess
 step S + 1, as tensorboardX's purge_step writes), so re-run steps appear once; a fresh run
 (resume_step=None) starts both over. Rows are flushed as written; TensorBoard events at `flush`,
 which the trainer calls before each checkpoint, so a checkpoint never lacks them.
+
+The workdir may be remote (gs://...; see jaxnet.paths). An object store cannot append, so there
+metrics.jsonl is kept in memory and the event file in a local staging folder, and each flush
+uploads the whole object: what the bucket holds at a checkpoint is as complete as a local disk's.
 """
 
 from __future__ import annotations
@@ -28,11 +32,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from jaxnet import paths
 
 COLUMNS = (  # header, row key, width, format spec
     ("epoch", "epoch", 5, ""),
@@ -116,8 +124,8 @@ class Report:
         self._header_done = self._note_done = False
         self._metrics = self._tb = None
         if write_files:
-            self._metrics = _open_metrics(os.path.join(workdir, "metrics.jsonl"), resume_step)
-            self._tb = _open_tensorboard(os.path.join(workdir, "tensorboard"), resume_step)
+            self._metrics = _open_metrics(paths.join(workdir, "metrics.jsonl"), resume_step)
+            self._tb = _open_tensorboard(paths.join(workdir, "tensorboard"), resume_step)
             # matplotlib takes ~0.5 s to import: do it while the run compiles, not at its end
             threading.Thread(target=_import_plotting, daemon=True).start()
 
@@ -228,8 +236,8 @@ class Report:
         """summary.json, the test row and test/* scalars, learning_curves.png, the final line."""
         self._close_bar()
         if self.write_files:
-            with open(os.path.join(self.workdir, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=2)
+            text = json.dumps(summary, indent=2)
+            paths.write_text(paths.join(self.workdir, "summary.json"), text)
             test = {
                 "test/loss": summary["test_loss"],
                 "test/error": summary["test_error"],
@@ -237,11 +245,11 @@ class Report:
             }
             self._write_row({"kind": "test", "step": self._step, **test})
             self._scalars(self._step, test)
-            plot_learning_curves(history, os.path.join(self.workdir, "learning_curves.png"))
+            plot_learning_curves(history, paths.join(self.workdir, "learning_curves.png"))
             self.log(
                 f"test accuracy {100 * test['test/accuracy']:.2f}% (best epoch "
                 f"{summary['best_epoch']}, {summary['stopped']}); results in "
-                f"{os.path.abspath(self.workdir)}: summary.json, metrics.jsonl, "
+                f"{paths.shown(self.workdir)}: summary.json, metrics.jsonl, "
                 "learning_curves.png, tensorboard/, checkpoints/"
             )
         self.close()
@@ -336,10 +344,11 @@ def _open_metrics(path: str, resume_step: int | None):
     """metrics.jsonl for appending, first rewritten (atomically) to its rows of steps <=
     resume_step, test rows dropped; a fresh run (None) keeps none."""
     lines = []
-    if os.path.exists(path):
-        with open(path) as f:
-            lines = f.read().splitlines()
+    if paths.path(path).exists():
+        lines = paths.path(path).read_text().splitlines()
     kept = [line for line in lines if _kept(line, resume_step)]
+    if paths.is_remote(path):
+        return _WholeObject(path, [line + "\n" for line in kept])
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.writelines(line + "\n" for line in kept)
@@ -347,6 +356,28 @@ def _open_metrics(path: str, resume_step: int | None):
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return open(path, "a")
+
+
+class _WholeObject:
+    """A remote text file that grows: its lines in memory, the whole object uploaded at each
+    flush that follows a write (an object store has no append; one upload replaces an object
+    atomically)."""
+
+    def __init__(self, path: str, lines: list[str]):
+        self._path, self._lines, self._written = path, lines, True
+        self.flush()  # the rows past the resumed step are gone at once, as locally
+
+    def write(self, text: str) -> None:
+        self._lines.append(text)
+        self._written = True
+
+    def flush(self) -> None:
+        if self._written:
+            paths.path(self._path).write_text("".join(self._lines))
+            self._written = False
+
+    def close(self) -> None:
+        self.flush()
 
 
 def _kept(line: str, resume_step: int | None) -> bool:
@@ -376,7 +407,11 @@ class _Events:
     """TensorBoard events written at once, in this thread: tensorboardX's SummaryWriter hands
     them to a writer thread, so its flush does not promise they are on disk when a checkpoint is
     saved next. Each run gets its own file: the writer truncates an existing file of the same
-    name, and names differ only by the second the file was opened in."""
+    name, and names differ only by the second the file was opened in.
+
+    A remote logdir gets the file written in a local staging folder and uploaded whole at each
+    flush, by the client every other file goes through (tensorboardX's own gs:// writer needs
+    google-cloud-storage and its credentials, and uploads again when garbage-collected)."""
 
     def __init__(self, logdir: str, purge_step: int):
         from tensorboardX import summary
@@ -384,9 +419,14 @@ class _Events:
         from tensorboardX.proto import event_pb2, summary_pb2
 
         self._summary, self._pb, self._summary_pb = summary, event_pb2, summary_pb2
-        os.makedirs(logdir, exist_ok=True)
-        earlier = sum(name.startswith("events.out.tfevents") for name in os.listdir(logdir))
-        self._writer = EventsWriter(os.path.join(logdir, "events"), f".{earlier:04d}")
+        self._logdir, self._stage = logdir, None
+        if paths.is_remote(logdir):
+            self._stage = tempfile.mkdtemp(prefix="jaxnet-events-")
+        else:
+            os.makedirs(logdir, exist_ok=True)
+        earlier = sum(name.startswith("events.out.tfevents") for name in _names(logdir))
+        folder = self._stage or logdir
+        self._writer = EventsWriter(os.path.join(folder, "events"), f".{earlier:04d}")
         start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
         self._write(event_pb2.Event(step=purge_step, session_log=start))
         self.flush()
@@ -405,9 +445,30 @@ class _Events:
 
     def flush(self) -> None:
         self._writer.flush()
+        self._upload()
 
     def close(self) -> None:
         self._writer.close()
+        self._upload()
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            self._stage = None
+
+    def _upload(self) -> None:
+        """The staged event file, whole, over its remote copy."""
+        if self._stage is None:
+            return
+        for name in os.listdir(self._stage):  # the one file the writer made
+            with open(os.path.join(self._stage, name), "rb") as f:
+                paths.path(self._logdir).joinpath(name).write_bytes(f.read())
+
+
+def _names(folder: str) -> list[str]:
+    """The names in `folder`; none if it does not exist (a remote prefix not yet written)."""
+    try:
+        return [p.name for p in paths.path(folder).iterdir()]
+    except FileNotFoundError:
+        return []
 
 
 def _import_plotting() -> None:
@@ -444,7 +505,11 @@ def plot_learning_curves(history: list, path: str) -> None:
     for ax in (ax_risk, ax_err):
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
-    fig.savefig(path, dpi=100)
+    if paths.is_remote(path):  # matplotlib writes local files only
+        with paths.path(path).open("wb") as f:
+            fig.savefig(f, format=os.path.splitext(path)[1][1:] or "png", dpi=100)
+    else:
+        fig.savefig(path, dpi=100)
 
 
 def _curve(ax, epochs: list, values: list, **style) -> bool:

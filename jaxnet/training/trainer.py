@@ -11,6 +11,9 @@ The run's state between stages is a `Run`. Checkpoints are written in the backgr
 ends (by steps or by time, and always at the end), so running the same command again resumes
 exactly where the last one stopped. SIGTERM and Ctrl-C save at the next chunk boundary and exit;
 a NaN or Inf risk stops the run, naming the step.
+
+The workdir may be local or remote (gs://bucket/run): every file goes through `jaxnet.paths`. A
+local workdir is locked (flock on WORKDIR/.lock) for the run's lifetime; a remote one cannot be.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxnet import shapes
+from jaxnet import paths, shapes
 from jaxnet.training import build
 from jaxnet.training import config as config_lib
 from jaxnet.training.checkpoints import Checkpoints
@@ -177,11 +180,10 @@ def _load_data(config, log):
 
 
 def saved_config(workdir: str):
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = paths.join(workdir, "config.json")
+    if not paths.path(path).is_file():
         return None
-    with open(path) as f:
-        return config_lib.from_json(f.read(), where=path)
+    return config_lib.from_json(paths.path(path).read_text(), where=path)
 
 
 def check_resume(config, workdir: str, log) -> None:
@@ -203,8 +205,8 @@ def check_resume(config, workdir: str, log) -> None:
 
 
 def _check_workdir_paths(workdir: str) -> None:
-    for path, what in ((workdir, "the workdir"), (os.path.join(workdir, "checkpoints"), "")):
-        if os.path.exists(path) and not os.path.isdir(path):
+    for path, what in ((workdir, "the workdir"), (paths.join(workdir, "checkpoints"), "")):
+        if paths.path(path).exists() and not paths.path(path).is_dir():
             where = what or "the checkpoint folder"
             raise WorkdirError(f"{path} is a file, but {where} must be a folder: move it away")
 
@@ -264,11 +266,11 @@ def _empty_validation_rule(config, dataset, log) -> str | None:
 def _enable_compilation_cache(path: str, log) -> None:
     if not path or jax.config.jax_compilation_cache_dir:  # off, or the user set one already
         return
-    path = os.path.expanduser(path)
+    path = path if paths.is_remote(path) else os.path.expanduser(path)  # JAX writes URLs itself
     try:
-        os.makedirs(path, exist_ok=True)
+        paths.makedirs(path)
     except OSError as error:
-        log(f"note: no compilation cache ({path}: {error.strerror})")
+        log(f"note: no compilation cache ({path}: {paths.reason(error)})")
         return
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
@@ -296,13 +298,13 @@ def prepare(config, workdir: str, *, log=print, dataset=None, devices=None, prog
     rule = _empty_validation_rule(config, dataset, log)
     _enable_compilation_cache(config.compilation_cache_dir, log)
     with _removed_on_failure(workdir):
-        lock = _lock(workdir) if primary else None  # before orbax, which clears unfinished saves
+        lock = _lock(workdir, log) if primary else None  # before orbax clears unfinished saves
         try:
             checkpoints = Checkpoints(
-                os.path.join(workdir, "checkpoints"), config.checkpoint.keep, log=log
+                paths.join(workdir, "checkpoints"), config.checkpoint.keep, log=log
             )
             if primary and saved_config(workdir) is None:
-                _write_atomically(os.path.join(workdir, "config.json"), config_lib.to_json(config))
+                paths.write_text(paths.join(workdir, "config.json"), config_lib.to_json(config))
         except BaseException:
             if lock is not None:
                 lock.close()
@@ -328,26 +330,38 @@ def prepare(config, workdir: str, *, log=print, dataset=None, devices=None, prog
 @contextlib.contextmanager
 def _removed_on_failure(workdir: str):
     """Create the workdir; if the start fails before anything is saved, remove what it made."""
-    existed = os.path.isdir(workdir)
+    existed = paths.path(workdir).is_dir()
     try:
-        os.makedirs(workdir, exist_ok=True)
+        paths.makedirs(workdir)
         yield
     except OSError as error:
         _remove_if_new(workdir, existed)
-        raise WorkdirError(f"cannot write the workdir {workdir}: {error.strerror}") from None
+        raise WorkdirError(f"cannot write the workdir {workdir}: {paths.reason(error)}") from None
     except BaseException:
         _remove_if_new(workdir, existed)
         raise
 
 
 def _remove_if_new(workdir: str, existed: bool) -> None:
-    if not existed and os.path.isdir(workdir):
-        shutil.rmtree(workdir, ignore_errors=True)
+    if existed or not paths.path(workdir).is_dir():
+        return
+    if not paths.is_remote(workdir):
+        shutil.rmtree(paths.path(workdir), ignore_errors=True)
+        return
+    with contextlib.suppress(Exception):  # as ignore_errors: the start's own error is reported
+        paths.path(workdir).rmtree()
 
 
-def _lock(workdir: str):
-    """An exclusive lock on WORKDIR/.lock for the run's lifetime: two runs never share one."""
-    handle = open(os.path.join(workdir, ".lock"), "a+")  # noqa: SIM115  (held until the run ends)
+def _lock(workdir: str, log):
+    """An exclusive lock on WORKDIR/.lock for the run's lifetime: two runs never share one.
+
+    An object store has no locks (an object written as a guard would outlive a killed run and
+    block its resume), so a remote workdir is left unlocked, with a note.
+    """
+    if paths.is_remote(workdir):
+        log(f"note: {workdir} is not locked (object stores have no locks): start one run at a time")
+        return None
+    handle = open(paths.join(workdir, ".lock"), "a+")  # noqa: SIM115  (held until the run ends)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -362,13 +376,6 @@ def _lock(workdir: str):
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
-
-
-def _write_atomically(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------- restore
@@ -456,7 +463,7 @@ def describe_run(run: Run) -> str:
         f"jaxnet: {c.model.kind} ({params:,} parameters) on {d.name} from {d.source}; "
         f"{len(d.train.labels)} train / {len(d.validation.labels)} validation / "
         f"{len(d.test.labels)} test; {c.devices.strategy} over {run.placement.num_devices} "
-        f"{jax.default_backend()} device(s); workdir {os.path.abspath(run.workdir)}"
+        f"{jax.default_backend()} device(s); workdir {paths.shown(run.workdir)}"
     )
 
 
@@ -708,7 +715,7 @@ def evaluate_workdir(workdir: str, config=None, *, log=print, dataset=None) -> d
     if problem:
         raise ConfigError(problem)
     built = build.Built(config, dataset)
-    folder = os.path.join(workdir, "checkpoints")
+    folder = paths.join(workdir, "checkpoints")
     checkpoints = Checkpoints(folder, config.checkpoint.keep, log=log, read_only=True)
     try:
         state = built.initial_state()
@@ -729,7 +736,7 @@ def evaluate_workdir(workdir: str, config=None, *, log=print, dataset=None) -> d
         "test_accuracy": result.accuracy,
         "confusion_matrix": result.confusion.tolist(),
     }
-    _write_atomically(os.path.join(workdir, "evaluation.json"), json.dumps(summary, indent=2))
+    paths.write_text(paths.join(workdir, "evaluation.json"), json.dumps(summary, indent=2))
     _log_evaluation(log, result, best_epoch)
     return summary
 
