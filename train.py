@@ -34,28 +34,13 @@ def _fail(message: str, status: int) -> None:
     os._exit(status)
 
 
-def _define_flags():
-    from absl import flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training config file.")
-    flags.DEFINE_string("workdir", None, "Run folder; default: a fresh runs/<config>-<time>.")
-    flags.DEFINE_enum(
-        "mode",
-        "train",
-        ["train", "evaluate", "keys"],
-        "train (and resume); evaluate a workdir's best checkpoint; keys: list the config keys.",
-    )
-    return flags.FLAGS
-
-
 def define_flags(argv):
     """The flags, after a check of the config file and keys: ml_collections reads them here."""
     from jaxnet.training import cli
 
     try:
         cli.check_argv(argv[1:])
-        return _define_flags()
+        return cli.define_flags(DEFAULT_CONFIG)
     except cli.ConfigError as error:
         _fail(str(error), 2)
     except Exception as error:  # noqa: BLE001  (ml_collections' own errors, in one line)
@@ -77,8 +62,9 @@ def main(argv):
 
     from jaxnet.training import cli
 
-    if len(argv) > 1:
-        _fail(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE", 2)
+    problem = cli.unexpected_arguments(argv)
+    if problem:
+        _fail(problem, 2)
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO: keep the table readable
         logging.set_verbosity(logging.WARNING)
         # orbax also logs its failures with tracebacks; the trainer reports each in one line

@@ -17,7 +17,25 @@ import ml_collections
 from jaxnet.training import config as config_lib
 from jaxnet.training.config import ConfigError
 
-__all__ = ["ConfigError", "check_argv", "flag_error_line", "load_config_file", "run"]
+__all__ = [
+    "ConfigError",
+    "check_argv",
+    "define_flags",
+    "flag_error_line",
+    "load_config_file",
+    "run",
+    "validate_argv",
+]
+
+# The inputs (H, W, C) and classes of each dataset as train.py loads it, for the checks made
+# before any data is read (tests/test_tpu_scripts.py checks them against load_dataset).
+INPUTS = {
+    "mnist": ((28, 28, 1), 10),
+    "fashion_mnist": ((28, 28, 1), 10),
+    "cifar10": ((32, 32, 3), 10),
+    "digits": ((8, 8, 1), 10),
+    "synthetic": ((28, 28, 1), 10),
+}
 
 
 def _one_line(text: str) -> str:
@@ -91,6 +109,78 @@ def check_argv(args) -> None:
             )
         if name not in config_lib.KEYS:
             raise ConfigError(config_lib.unknown_key_message(name))
+
+
+def define_flags(default_config: str, flag_values=None, sys_argv=None):
+    """train.py's flags (--config FILE with its --config.KEY=VALUE, --workdir, --mode).
+
+    On `flag_values` (absl's FLAGS if None); `sys_argv` is the argv the config overrides are
+    read from (sys.argv if None).
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FLAGS if flag_values is None else flag_values
+    config_flags.DEFINE_config_file(
+        "config", default_config, "Training config file.", flag_values=fv, sys_argv=sys_argv
+    )
+    flags.DEFINE_string(
+        "workdir", None, "Run folder; default: a fresh runs/<config>-<time>.", flag_values=fv
+    )
+    flags.DEFINE_enum(
+        "mode",
+        "train",
+        ["train", "evaluate", "keys"],
+        "train (and resume); evaluate a workdir's best checkpoint; keys: list the config keys.",
+        flag_values=fv,
+    )
+    return fv
+
+
+def unexpected_arguments(rest) -> str | None:
+    """Why train.py refuses the positional arguments absl left over (rest[0] is the program)."""
+    if len(rest) > 1:
+        return f"unexpected arguments {list(rest[1:])}; settings go in --config.KEY=VALUE"
+    return None
+
+
+def validate_argv(args, default_config: str):
+    """The config train.py would run for `args` (its argv without the program), checked.
+
+    train.py's own checks before it reads data, in its order: the config file and keys
+    (`check_argv`), absl's parse of the flags, no stray arguments, `config.validate`, and the
+    network against the dataset's input shape (`build.network_problem`). Raises ConfigError
+    with train.py's one line.
+    """
+    from absl import flags
+
+    from jaxnet.training import build
+
+    argv = ["train.py", *args]
+    check_argv(args)
+    fv = flags.FlagValues()
+    try:
+        define_flags(default_config, fv, sys_argv=argv)
+        rest = fv(argv)
+    except Exception as error:  # noqa: BLE001  (absl's and ml_collections' errors alike)
+        raise ConfigError(flag_error_line(error)) from None
+    problem = unexpected_arguments(rest)
+    if problem:
+        raise ConfigError(problem)
+    config = fv.config
+    config_lib.validate(config)
+    shape, classes = INPUTS[config.dataset.name]
+    problem = build.network_problem(config, _Inputs(shape, classes))
+    if problem:
+        raise ConfigError(problem)
+    return config
+
+
+class _Inputs:
+    """What network_problem reads of a dataset: its input shape and number of classes."""
+
+    def __init__(self, input_shape, num_classes):
+        self.input_shape, self.num_classes = input_shape, num_classes
 
 
 def flag_error_line(error) -> str:
