@@ -8,6 +8,7 @@ checkpoint) comes back as (exit status, one line); train.py prints it. Status 2 
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.util
 import os
 import time
 import traceback
@@ -59,7 +60,9 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     path = os.path.abspath(path)
     try:
         loader = importlib.machinery.SourceFileLoader("jaxnet_user_config", path)
-        module = loader.load_module()
+        spec = importlib.util.spec_from_file_location(loader.name, path, loader=loader)
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
     except SyntaxError as error:
         raise ConfigError(f"{where} line {error.lineno}: {error.msg}") from None
     except Exception as error:  # noqa: BLE001  (whatever the file raises is its problem)
