@@ -51,6 +51,7 @@ xla_cpu.prefer_xla_convolutions()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from ceiling import matmul_flops  # noqa: E402
 
 from configs import default  # noqa: E402
 from jaxnet import shapes  # noqa: E402
@@ -131,21 +132,6 @@ def device_peak(device, dtype: str, measured_cpu: float) -> tuple[float | None, 
             peak = bf16 if dtype == "bfloat16" else fp32
             return peak, f"datasheet ({name}, {dtype})" if peak else f"{name}: no {dtype} units"
     return None, f"no peak known for {device.device_kind!r}"
-
-
-def matmul_flops(n: int, dtype=jnp.float32, repeats: int = 5) -> float:
-    """FLOP/s of one n x n matrix product in XLA on the default device (best of `repeats`)."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
-    product = jax.jit(lambda a: a @ a)
-    product(a).block_until_ready()
-    best = math.inf
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        for _ in range(3):
-            out = product(a)
-        out.block_until_ready()
-        best = min(best, (time.perf_counter() - tic) / 3)
-    return 2 * n**3 / best
 
 
 def accelerator_chunk(steps_per_epoch: int) -> int:

@@ -48,6 +48,7 @@ xla_cpu.prefer_xla_convolutions()  # as train.py does; the Flax rows run under t
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from ceiling import matmul_flops  # noqa: E402
 
 from jaxnet import shapes  # noqa: E402
 from jaxnet.data import Dataset, Split, load_dataset  # noqa: E402
@@ -741,21 +742,8 @@ def training_flops_per_example(config, dataset: Dataset) -> int:
 
 
 def matmul_gflops(n: int, repeats: int = 5) -> float:
-    """This machine's float32 rate on one large matrix product in XLA (best of `repeats`).
-
-    It is the ceiling for the rows' arithmetic.
-    """
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    product = jax.jit(lambda a: a @ a)
-    product(a).block_until_ready()
-    best = math.inf
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        for _ in range(3):
-            out = product(a)
-        out.block_until_ready()
-        best = min(best, (time.perf_counter() - tic) / 3)
-    return 2 * n**3 / best / 1e9
+    """This machine's float32 rate on one large matrix product, the ceiling for the rows."""
+    return matmul_flops(n, repeats=repeats) / 1e9
 
 
 def run_row(
