@@ -439,7 +439,9 @@ def test_stencil_convolution_and_its_derivatives_match_xla(kernel, strides, padd
     y, vjp = jax.vjp(lambda x, W: conv._correlate(x, W, strides, pads), x, W)
     y_ref, vjp_ref = jax.vjp(lambda x, W: lax_conv(x, W, strides, pads), x, W)
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(conv.stencil_conv(x, W, strides, pads), y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        conv.stencil_conv(x, W, strides, pads), y_ref, rtol=1e-12, atol=1e-12
+    )
     g = jax.random.normal(kg, y.shape)
     for got, ref in zip(vjp(g), vjp_ref(g)):
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
