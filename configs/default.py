@@ -22,7 +22,8 @@ def get_config():
     config.batch_size = 128
     config.epochs = 15
     config.early_stopping.patience = 3
-    # A CNN step takes ~30 ms on 2 CPU cores, so dispatch is no cost; unrolled chunks of 10
-    # steps took 6-7 s to compile, of 2 under 2 s.
-    config.steps_per_chunk = 2
+    # A CNN step takes ~30 ms on 2 CPU cores, so dispatch costs nothing and a chunk of one step
+    # is fastest: against PyTorch in the same process, 1.00x and 1.08x with chunks of 1, 0.91x
+    # and 0.94x with chunks of 2 (bench/README.md); chunks of 10 took 6-7 s to compile.
+    config.steps_per_chunk = 1
     return config

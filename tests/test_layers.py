@@ -413,3 +413,89 @@ def test_initializers_see_the_right_fan_in(W_init, expected_std, key):
     _, conv_params = L.Conv2D(e, 3, W_init=W_init).init(key, (8, 8, d // 9))
     expected = expected_std(9 * (d // 9), 9 * e)
     assert abs(float(jnp.std(conv_params["W"])) / expected - 1) < 0.03
+
+
+def lax_conv(x, W, strides, pads):
+    """XLA's convolution alone, differentiated by JAX's own rules: the reference."""
+    return jax.lax.conv_general_dilated(
+        x, W, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+@pytest.mark.parametrize(
+    "kernel, strides, padding",
+    [((3, 3, 1), (1, 1), "same"), ((3, 2, 3), (2, 1), "valid"), ((5, 5, 2), (1, 2), "full")],
+)
+def test_stencil_convolution_and_its_derivatives_match_xla(kernel, strides, padding, key):
+    from jaxnet.layers import _windows as win
+    from jaxnet.layers import conv
+
+    kh, kw, c = kernel
+    kx, kW, kg, kt = jax.random.split(key, 4)
+    x = jax.random.normal(kx, (3, 9, 8, c))
+    W = jax.random.normal(kW, (kh, kw, c, 4))
+    assert conv.uses_stencil(W) == (kernel != (5, 5, 2))  # 50 taps: XLA's own convolution
+    pads, _ = win.geometry(x.shape[1:3], (kh, kw), strides, padding)
+    y, vjp = jax.vjp(lambda x, W: conv._correlate(x, W, strides, pads), x, W)
+    y_ref, vjp_ref = jax.vjp(lambda x, W: lax_conv(x, W, strides, pads), x, W)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        conv.stencil_conv(x, W, strides, pads), y_ref, rtol=1e-12, atol=1e-12
+    )
+    g = jax.random.normal(kg, y.shape)
+    for got, ref in zip(vjp(g), vjp_ref(g)):
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    tx, tW = jax.random.normal(kt, x.shape), jax.random.normal(jax.random.fold_in(kt, 1), W.shape)
+    _, t = jax.jvp(lambda x, W: conv._correlate(x, W, strides, pads), (x, W), (tx, tW))
+    _, t_ref = jax.jvp(lambda x, W: lax_conv(x, W, strides, pads), (x, W), (tx, tW))
+    np.testing.assert_allclose(t, t_ref, rtol=1e-12, atol=1e-12)
+    # second order: the Hessian-vector product of a scalar of the output in the weights
+    hvp = lambda f: jax.jvp(jax.grad(lambda W: jnp.sum(jnp.sin(f(x, W)))), (W,), (tW,))[1]
+    np.testing.assert_allclose(
+        hvp(lambda x, W: conv._correlate(x, W, strides, pads)),
+        hvp(lambda x, W: lax_conv(x, W, strides, pads)),
+        rtol=1e-11,
+        atol=1e-11,
+    )
+
+
+def test_stencil_convolution_in_bfloat16_adds_up_in_float32(key):
+    from jaxnet.layers import conv
+
+    x = jax.random.normal(key, (4, 12, 12, 3), jnp.float32)
+    W = jax.random.normal(jax.random.fold_in(key, 1), (3, 3, 3, 8), jnp.float32)
+    pads = ((1, 1), (1, 1))
+    xb, Wb = x.astype(jnp.bfloat16), W.astype(jnp.bfloat16)
+    y = conv.stencil_conv(xb, Wb, (1, 1), pads)
+    assert y.dtype == jnp.bfloat16
+    # the exact correlation of the rounded inputs, rounded once to bfloat16 (8 significant bits)
+    exact = lax_conv(xb.astype(jnp.float64), Wb.astype(jnp.float64), (1, 1), pads)
+    err = np.abs(np.asarray(y, np.float64) - np.asarray(exact))
+    assert np.all(err <= 2.0**-8 * np.abs(np.asarray(exact)) + 1e-6)
+
+
+@pytest.mark.parametrize("window", [(2, 2), (3, 2)])
+def test_tiled_max_pool_with_nan_and_inf_matches_the_general_path(window, key):
+    from jaxnet.layers import pooling
+
+    kh, kw = window
+    x = jax.random.randint(key, (2, 2 * kh, 3 * kw, 3), 0, 3).astype(jnp.float64)
+    x = x.at[0, 0, 0, 0].set(jnp.nan).at[1, 1, 1, 1].set(jnp.nan)  # NaN wins, as in jnp.max
+    x = x.at[0, :kh, :kw, 2].set(-jnp.inf)  # a window of -inf alone: its first input wins
+    x = x.at[1, :kh, kw : 2 * kw, 0].set(jnp.inf)
+    y = pooling._max_pool(x, window, window, "valid")
+    np.testing.assert_array_equal(y, xla_max_pool_hw(x, window))
+    arg, _, _ = pooling.max_pool_winners(x, window, window, "valid")  # jnp.argmax's first maximum
+    t = jax.random.normal(jax.random.fold_in(key, 1), x.shape)
+    _, y_t = jax.jvp(lambda v: pooling._max_pool(v, window, window, "valid"), (x,), (t,))
+    tiles = t.reshape(2, 2, kh, 3, kw, 3).transpose(0, 1, 3, 5, 2, 4).reshape(2, 2, 3, 3, -1)
+    np.testing.assert_array_equal(y_t, jnp.take_along_axis(tiles, arg[..., None], -1)[..., 0])
+    g = jax.random.normal(jax.random.fold_in(key, 2), y.shape)
+    grad = jax.vjp(lambda v: pooling._max_pool(v, window, window, "valid"), x)[1](g)[0]
+    np.testing.assert_array_equal(grad, pooling.max_pool_vjp(x, g, window, window, "valid"))
+
+
+def xla_max_pool_hw(x, window):
+    return jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (1,) + window + (1,), (1,) + window + (1,), "VALID"
+    )
