@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from jaxnet import precision
-from jaxnet.layers import conv
 from jaxnet.data import DatasetNotFoundError, Split, load_dataset
+from jaxnet.layers import conv
 from jaxnet.training import build, steps
 from jaxnet.training import config as config_lib
 from jaxnet.training.config import ConfigError, base_config
