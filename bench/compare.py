@@ -19,8 +19,8 @@ Per row and implementation it reports
 Fairness rules, the same for every implementation: the network, initialisation scheme, loss,
 optimizer hyper-parameters and batch size come from one jaxnet config per row; every epoch visits
 the training set in the same shuffled order (jaxnet's `epoch_plan`, so the batches are identical),
-including the last, partial batch; float32 throughout; one process on all the CPU cores this
-process may use.
+including the last, partial batch; float32 throughout; one process at a time on all the CPU
+cores this process may use, and each time-to-accuracy run in a fresh one.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def test_bfloat16_computes_every_layer_in_bfloat16_and_the_loss_in_float32():
     # of the dense layers' inputs (the image's is not needed); on CPU the 3x3x1 convolution's
     # forward is a stencil of products (conv.uses_stencil) that adds up in float32 and rounds
     # its output to bfloat16
-    stencil = conv.uses_stencil(params[0]["W"])
+    stencil = conv.uses_stencil(params[0]["W"], 64 * 8 * 8)
     assert len(heavy) == (not stencil) + 2 + 3 + 2
     if stencil:
         maps = [

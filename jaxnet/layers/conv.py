@@ -38,12 +38,19 @@ def conv_apply(params, x, strides, padding):
 # that follow. Measured faster at 9, 25 (5x5x1) and 27 (3x3x3) taps, slower at 150 (5x5x6: 5.2
 # against 3.5 ms). GPUs and TPUs keep their own convolutions: the stencil was measured on CPU only.
 STENCIL_MAX_TAPS = 27
+# ... and with at least this many output positions N H' W' (the default CNN's first layer has
+# 100,352): below it both are quick, and the stencil is k1 k2 C more operations to compile.
+STENCIL_MIN_POSITIONS = 4096
 
 
-def uses_stencil(W) -> bool:
-    """Whether `_correlate` computes W's correlation as a stencil (small kernels, on CPU)."""
+def uses_stencil(W, positions: int) -> bool:
+    """Whether `_correlate` computes W's correlation at `positions` outputs as a stencil."""
     taps = W.shape[0] * W.shape[1] * W.shape[2]
-    return taps <= STENCIL_MAX_TAPS and jax.default_backend() == "cpu"
+    return (
+        taps <= STENCIL_MAX_TAPS
+        and positions >= STENCIL_MIN_POSITIONS
+        and jax.default_backend() == "cpu"
+    )
 
 
 def xla_conv(x, W, strides, pads):
@@ -74,7 +81,8 @@ def stencil_conv(x, W, strides, pads):
 # (the stencil's own transpose re-read the output gradient once per tap: 4.5 against 1.9 ms).
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _correlate(x, W, strides, pads):
-    if uses_stencil(W):
+    _, (h, w) = win.geometry(x.shape[1:3], W.shape[:2], strides, pads)
+    if uses_stencil(W, x.shape[0] * h * w):
         return stencil_conv(x, W, strides, pads)
     return xla_conv(x, W, strides, pads)
 
