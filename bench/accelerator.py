@@ -61,6 +61,7 @@ from jaxnet.training import build  # noqa: E402
 from jaxnet.training import config as config_lib  # noqa: E402
 from jaxnet.training.placement import Single  # noqa: E402
 from jaxnet.training.steps import (  # noqa: E402
+    abstract_split,
     chunk_mode,
     chunk_shape,
     epoch_plan,
@@ -195,7 +196,7 @@ def set_up(config, dataset) -> Setup:
     data = placement.put_data(train.images, train.labels)
     tic = time.perf_counter()  # trace, lower and compile the chunk
     shape = chunk_shape(len(train), config.batch_size, config.steps_per_chunk)
-    data_shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in data)
+    data_shapes = abstract_split(*data)
     placement.compile_ahead(built.abstract_state(), data_shapes, shape)
     placement.compiled_chunk()
     compile_s = time.perf_counter() - tic

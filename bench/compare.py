@@ -57,6 +57,7 @@ from jaxnet.models import build_model  # noqa: E402
 from jaxnet.training import build  # noqa: E402
 from jaxnet.training.placement import Single  # noqa: E402
 from jaxnet.training.steps import (  # noqa: E402
+    abstract_split,
     chunk_shape,
     epoch_plan,
     make_evaluate,
@@ -261,10 +262,7 @@ class Jaxnet(Implementation):
         train = self.dataset.train
         # as the trainer starts (trainer._compile_ahead): the chunk compiles on a thread while
         # the initial state is built and the data are placed
-        data = tuple(
-            jax.ShapeDtypeStruct(a.shape, jax.dtypes.canonicalize_dtype(a.dtype))
-            for a in (train.images, train.labels)
-        )
+        data = abstract_split(train.images, train.labels)
         shape = chunk_shape(len(train.labels), self.batch, self.config.steps_per_chunk)
         self.placement.compile_ahead(built.abstract_state(), data, shape)
         self.data = self.placement.put_data(train.images, train.labels)

@@ -209,9 +209,10 @@ def test_max_pool_ties_go_to_the_first_input_in_row_major_order():
 def xla_max_pool(x, k, s, padding):
     """Max-pooling by lax.reduce_window alone, whose jax.grad is XLA's select_and_scatter.
 
-    An independent reference.
+    An independent reference; k and s are ints or (rows, columns) pairs.
     """
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, s, s, 1), padding)
+    k, s = (v if isinstance(v, tuple) else (v, v) for v in (k, s))
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *k, 1), (1, *s, 1), padding)
 
 
 @pytest.mark.parametrize(
@@ -486,7 +487,7 @@ def test_tiled_max_pool_with_nan_and_inf_matches_the_general_path(window, key):
     x = x.at[0, :kh, :kw, 2].set(-jnp.inf)  # a window of -inf alone: its first input wins
     x = x.at[1, :kh, kw : 2 * kw, 0].set(jnp.inf)
     y = pooling._max_pool(x, window, window, "valid")
-    np.testing.assert_array_equal(y, xla_max_pool_hw(x, window))
+    np.testing.assert_array_equal(y, xla_max_pool(x, window, window, "VALID"))
     arg, _, _ = pooling.max_pool_winners(x, window, window, "valid")  # jnp.argmax's first maximum
     t = jax.random.normal(jax.random.fold_in(key, 1), x.shape)
     _, y_t = jax.jvp(lambda v: pooling._max_pool(v, window, window, "valid"), (x,), (t,))
@@ -495,9 +496,3 @@ def test_tiled_max_pool_with_nan_and_inf_matches_the_general_path(window, key):
     g = jax.random.normal(jax.random.fold_in(key, 2), y.shape)
     grad = jax.vjp(lambda v: pooling._max_pool(v, window, window, "valid"), x)[1](g)[0]
     np.testing.assert_array_equal(grad, pooling.max_pool_vjp(x, g, window, window, "valid"))
-
-
-def xla_max_pool_hw(x, window):
-    return jax.lax.reduce_window(
-        x, -jnp.inf, jax.lax.max, (1,) + window + (1,), (1,) + window + (1,), "VALID"
-    )

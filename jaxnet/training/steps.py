@@ -52,6 +52,14 @@ def chunk_shape(num_examples: int, batch_size: int, steps_per_chunk: int) -> tup
     return min(steps_per_chunk, math.ceil(num_examples / batch)), batch
 
 
+def abstract_split(images, labels) -> tuple:
+    """A training split's shapes and (canonical) dtypes, as Placement.compile_ahead takes them."""
+    return tuple(
+        jax.ShapeDtypeStruct(a.shape, jax.dtypes.canonicalize_dtype(a.dtype))
+        for a in (images, labels)
+    )
+
+
 def epoch_plan(
     num_examples: int, batch_size: int, steps_per_chunk: int, seed: int, epoch: int
 ) -> EpochPlan:

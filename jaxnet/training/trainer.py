@@ -39,7 +39,14 @@ from jaxnet.training.checkpoints import Checkpoints
 from jaxnet.training.config import ConfigError
 from jaxnet.training.placement import STRATEGIES
 from jaxnet.training.reporting import Report
-from jaxnet.training.steps import EpochPlan, chunk_shape, epoch_plan, make_evaluate, run_epoch
+from jaxnet.training.steps import (
+    EpochPlan,
+    abstract_split,
+    chunk_shape,
+    epoch_plan,
+    make_evaluate,
+    run_epoch,
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -387,10 +394,7 @@ def _host_copy(tree):
 
 def _compile_ahead(run: Run) -> None:
     train, c = run.dataset.train, run.config
-    data = tuple(
-        jax.ShapeDtypeStruct(a.shape, jax.dtypes.canonicalize_dtype(a.dtype))
-        for a in (train.images, train.labels)
-    )
+    data = abstract_split(train.images, train.labels)
     shape = chunk_shape(len(train.labels), c.batch_size, c.steps_per_chunk)
     run.placement.compile_ahead(run.built.abstract_state(), data, shape)
     run.evaluate.compile_ahead(run.built.abstract_params(), run.dataset.input_shape, data[0].dtype)
