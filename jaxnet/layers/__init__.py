@@ -3,7 +3,18 @@
 See `base` for the contract.
 """
 
-from jaxnet.layers.base import Layer, forward_with_activations, layer_keys, serial
+from jaxnet.layers.base import (
+    Layer,
+    Stateful,
+    apply_stateful,
+    couples_batch,
+    forward_with_activations,
+    has_state,
+    init_state,
+    layer_keys,
+    output_shape,
+    serial,
+)
 from jaxnet.layers.conv import Conv2D
 from jaxnet.layers.dense import Dense, augment, dense_activation_jacobians, fold_bias
 from jaxnet.layers.dropout import Dropout, dropout_mask
@@ -25,6 +36,12 @@ __all__ = [
     "serial",
     "forward_with_activations",
     "layer_keys",
+    "Stateful",
+    "apply_stateful",
+    "init_state",
+    "has_state",
+    "couples_batch",
+    "output_shape",
     "Dense",
     "Conv2D",
     "MaxPool",

@@ -17,6 +17,24 @@ and, beside them, its hand-written derivatives:
 
 `key` is the explicit PRNG key of stochastic layers (dropout). Passing one means "training";
 without it every layer is deterministic. Layers without parameters have params == ().
+
+State. A layer with running statistics (BatchNorm) also has `stateful`, a `Stateful` record:
+
+    state = layer.stateful.init_state(input_shape)
+    y, new_state = layer.stateful.apply(params, state, x, key=None, train=False,
+                                        mask=None, axis_name=None)
+
+`train=True` normalises with the batch's statistics and returns the updated running averages;
+`train=False` uses the running averages and returns the state unchanged. `mask` (N,) weighs
+the examples that count in batch statistics (padding weighs 0); `axis_name` names the pmap
+axis over which a data-parallel batch's statistics are summed. Nothing is mutated: the caller
+threads the state. `init_state(layer, shape)` and `apply_stateful(layer, ...)` work on every
+layer (a stateless layer's state is ()), so code that threads state need not ask which is which.
+A layer's plain `apply` (and its `jacobians`, `vjp`) is the training-mode function of the batch.
+
+A layer whose output for sample n depends on other samples of the batch (BatchNorm in
+training) has spec["couples_batch"] = True, and its `jacobians(params, x, n)` returns J_x of
+shape out_shape + x.shape (sample n's output against the whole batch); `couples_batch(layer)`.
 """
 
 from __future__ import annotations
@@ -25,6 +43,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
+
+
+class Stateful(NamedTuple):
+    """What a layer with state adds: its initial state and its state-threading apply."""
+
+    init_state: Callable  # (input_shape) -> state pytree
+    apply: Callable  # (params, state, x, *, key, train, mask, axis_name) -> (y, new_state)
 
 
 class Layer(NamedTuple):
@@ -39,6 +64,7 @@ class Layer(NamedTuple):
     jacobians: Callable | None
     vjp: Callable | None
     spec: Mapping[str, Any]
+    stateful: Stateful | None = None
 
     # Layers are closures, so two are the same layer only if they are the same object; hashing by
     # identity also lets a network be a static argument of jax.jit.
@@ -58,6 +84,69 @@ def default_float():
     float64 when jax_enable_x64 is on, float32 otherwise.
     """
     return jax.dtypes.canonicalize_dtype(jax.numpy.float64)
+
+
+def couples_batch(layer: Layer) -> bool:
+    """Whether sample n's output depends on the other samples of the batch."""
+    return bool(layer.spec.get("couples_batch", False))
+
+
+def output_shape(layer: Layer, input_shape) -> tuple[int, ...]:
+    """The shape `layer.init` gives for `input_shape`, traced without drawing a number."""
+    out = []  # a Python tuple, which eval_shape would turn into arrays if returned
+    jax.eval_shape(lambda k: out.append(layer.init(k, tuple(input_shape))[0]), _ABSTRACT_KEY)
+    return out[0]
+
+
+_ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jax.numpy.uint32)
+
+
+def init_state(layer: Layer, input_shape):
+    """The layer's initial state: () for a layer without one."""
+    return () if layer.stateful is None else layer.stateful.init_state(tuple(input_shape))
+
+
+def apply_stateful(
+    layer: Layer, params, state, x, *, key=None, train=False, mask=None, axis_name=None
+):
+    """(y, new_state) for any layer: a stateless one applies and returns `state` as it was."""
+    if layer.stateful is None:
+        return layer.apply(params, x, key=key), state
+    return layer.stateful.apply(
+        params, state, x, key=key, train=train, mask=mask, axis_name=axis_name
+    )
+
+
+def has_state(layer: Layer) -> bool:
+    return layer.stateful is not None
+
+
+def sequence_stateful(layers) -> Stateful | None:
+    """The Stateful of layers applied in sequence, the state a tuple with one entry per layer.
+
+    None if no layer has state.
+    """
+    layers = tuple(layers)
+    if not any(has_state(layer) for layer in layers):
+        return None
+
+    def init(input_shape):
+        states, shape = [], tuple(input_shape)
+        for layer in layers:
+            states.append(init_state(layer, shape))
+            shape = output_shape(layer, shape)
+        return tuple(states)
+
+    def apply(params, state, x, *, key=None, train=False, mask=None, axis_name=None):
+        new = []
+        for layer, p, s, k in zip(layers, params, state, layer_keys(key, len(layers))):
+            x, s = apply_stateful(
+                layer, p, s, x, key=k, train=train, mask=mask, axis_name=axis_name
+            )
+            new.append(s)
+        return x, tuple(new)
+
+    return Stateful(init, apply)
 
 
 def layer_keys(key, count: int) -> list:
@@ -138,4 +227,5 @@ def serial(*layers: Layer) -> Layer:
                 f"length, got {got}"
             )
 
-    return Layer("serial", init, apply, None, vjp, {"layers": flat_layers})
+    stateful = sequence_stateful(flat_layers)
+    return Layer("serial", init, apply, None, vjp, {"layers": flat_layers}, stateful)
