@@ -61,6 +61,7 @@ from jaxnet.training import build  # noqa: E402
 from jaxnet.training import config as config_lib  # noqa: E402
 from jaxnet.training.placement import Single  # noqa: E402
 from jaxnet.training.steps import (  # noqa: E402
+    Variables,
     abstract_split,
     chunk_mode,
     chunk_shape,
@@ -201,7 +202,7 @@ def set_up(config, dataset) -> Setup:
     placement.compiled_chunk()
     compile_s = time.perf_counter() - tic
     evaluate = make_evaluate(built.model, built.loss_fn, dataset.num_classes)
-    evaluate.compile_ahead(built.abstract_params(), dataset.input_shape)
+    evaluate.compile_ahead(built.abstract_variables(), dataset.input_shape)
     state = placement.put_state(built.initial_state())
     return Setup(built, placement, data, state, evaluate, compile_s)
 
@@ -221,7 +222,7 @@ def train_row(config, dataset, target: float, log) -> dict:
             if warm:  # the run's first chunk is its warm-up
                 timed_s, timed_examples = timed_s + now - last, timed_examples + result.examples
             warm, last = True, now
-        accuracy = s.evaluate(state.params, test.images, test.labels).accuracy
+        accuracy = s.evaluate(Variables.of(state), test.images, test.labels).accuracy
         history.append(
             {"epoch": epoch + 1, "seconds": time.perf_counter() - tic, "accuracy": accuracy}
         )

@@ -57,6 +57,7 @@ from jaxnet.models import build_model  # noqa: E402
 from jaxnet.training import build  # noqa: E402
 from jaxnet.training.placement import Single  # noqa: E402
 from jaxnet.training.steps import (  # noqa: E402
+    Variables,
     abstract_split,
     chunk_shape,
     epoch_plan,
@@ -301,8 +302,9 @@ class Jaxnet(Implementation):
                 break
 
     def accuracy(self):
-        params = self.placement.host_state(self.state).params
-        _, error, _ = self.evaluate(params, self.dataset.test.images, self.dataset.test.labels)
+        variables = Variables.of(self.placement.host_state(self.state))
+        test = self.dataset.test
+        _, error, _ = self.evaluate(variables, test.images, test.labels)
         return 1.0 - error
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxnet.layers.base import Layer
+from jaxnet.layers.base import Layer, Stateful
 
 
 def cast_floating(tree, dtype):
@@ -37,4 +37,27 @@ def mixed(network: Layer, compute_dtype, output_dtype=jnp.float32) -> Layer:
 
     spec = {"network": network, "compute_dtype": jnp.dtype(compute_dtype).name}
     # no hand-written derivatives: jax.grad differentiates through the casts
-    return Layer("mixed_precision", network.init, apply, None, None, spec)
+    return Layer(
+        "mixed_precision",
+        network.init,
+        apply,
+        None,
+        None,
+        spec,
+        _mixed_stateful(network, compute_dtype, output_dtype),
+    )
+
+
+def _mixed_stateful(network: Layer, compute_dtype, output_dtype) -> Stateful | None:
+    """The network's state threaded as it was: running statistics stay in their own dtype."""
+    if network.stateful is None:
+        return None
+
+    def apply(params, state, x, **options):
+        y, new = network.stateful.apply(
+            cast_floating(params, compute_dtype), state, cast_floating(x, compute_dtype), **options
+        )
+        new = jax.tree_util.tree_map(lambda a, old: a.astype(old.dtype), new, state)
+        return y.astype(output_dtype), new
+
+    return Stateful(network.stateful.init_state, apply)

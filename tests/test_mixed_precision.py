@@ -164,7 +164,8 @@ def _test_accuracy(dtype, dataset) -> float:
         plan = steps.epoch_plan(len(dataset.train), 128, config.steps_per_chunk, 0, epoch)
         *_, (state, _) = steps.run_epoch(placement, state, data, plan)
     evaluate = steps.make_evaluate(built.model, built.loss_fn, dataset.num_classes)
-    return evaluate(state.params, dataset.test.images, dataset.test.labels).accuracy
+    variables = steps.Variables.of(state)
+    return evaluate(variables, dataset.test.images, dataset.test.labels).accuracy
 
 
 def test_bfloat16_trains_the_default_cnn_as_well_as_float32():

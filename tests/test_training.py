@@ -537,17 +537,18 @@ def test_a_damaged_saved_config_is_named_in_one_line(tmp_path):
 
 def test_evaluation_compiled_ahead_counts_what_numpy_counts():
     """The program compile_ahead builds, given float32 or float64 inputs, against numpy."""
-    from jaxnet.training.steps import make_evaluate
+    from jaxnet.training.steps import Variables, make_evaluate
 
     seed = int(np.random.default_rng().integers(1 << 30))
     data = toy_dataset(seed, n_val=1234)  # two batches of 1000, the second padded
     built = build.Built(small_config(), data)
-    params = built.initial_state().params
+    state = built.initial_state()
+    params, variables = state.params, Variables.of(state)
     evaluate = make_evaluate(built.model, built.loss_fn, data.num_classes)
-    evaluate.compile_ahead(built.abstract_params(), data.input_shape, np.float32)
+    evaluate.compile_ahead(built.abstract_variables(), data.input_shape, np.float32)
     val = data.validation
-    ahead = evaluate(params, val.images, val.labels)
-    other_dtype = evaluate(params, val.images.astype(np.float64), val.labels.astype(np.int64))
+    ahead = evaluate(variables, val.images, val.labels)
+    other_dtype = evaluate(variables, val.images.astype(np.float64), val.labels.astype(np.int64))
     logits = np.asarray(built.model.apply(params, val.images))
     predicted = logits.argmax(axis=1)
     expected = np.zeros((data.num_classes, data.num_classes), np.int64)

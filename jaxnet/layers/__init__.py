@@ -3,6 +3,7 @@
 See `base` for the contract.
 """
 
+from jaxnet.layers.augmentation import RandomCrop, RandomFlip
 from jaxnet.layers.base import (
     Layer,
     Stateful,
@@ -48,6 +49,8 @@ __all__ = [
     "AvgPool",
     "Flatten",
     "Dropout",
+    "RandomCrop",
+    "RandomFlip",
     "Sigmoid",
     "Tanh",
     "Relu",

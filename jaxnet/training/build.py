@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxnet import activations, losses, models, optim, precision
-from jaxnet.training.steps import TrainState
+from jaxnet.layers import init_state
+from jaxnet.training.steps import TrainState, Variables
 
 OUTPUT_ACTIVATIONS = {
     "none": lambda z: z,
@@ -161,7 +162,9 @@ def _init_fn(model, optimizer, input_shape):
     def init(key):
         init_key, dropout_key = jax.random.split(key)
         _, params = model.init(init_key, input_shape)
-        return TrainState(jnp.zeros([], jnp.int32), params, optimizer.init(params), dropout_key)
+        model_state = init_state(model, input_shape)
+        step = jnp.zeros([], jnp.int32)
+        return TrainState(step, params, optimizer.init(params), dropout_key, model_state)
 
     return init
 
@@ -225,6 +228,11 @@ class Built:
         """Parameter shapes and dtypes, traced without drawing a number."""
         init = lambda key: self.model.init(key, self.dataset.input_shape)[1]
         return jax.eval_shape(init, jax.random.PRNGKey(0))
+
+    def abstract_variables(self) -> Variables:
+        """Shapes and dtypes of what evaluation takes: the parameters and the model state."""
+        state = self.abstract_state()
+        return Variables.of(state)
 
     def abstract_state(self) -> TrainState:
         """The state's shapes and dtypes, traced without compiling."""

@@ -9,6 +9,12 @@ The checksums catch what neither can (a damaged disk, a truncated copy): restore
 and falls back to the newest intact step.
 Saves are asynchronous: save() copies the arrays to host memory and orbax writes them in the
 background. Only the last `keep` steps are kept.
+
+Layouts, recorded in checksums/metadata as "layout": 2 (this one) holds in state/ the
+TrainState with its model_state (BatchNorm's running statistics) and in best/ the best
+Variables (params and model_state). 1 (jaxnet 0.1.0, no "layout" key) held the TrainState
+without model_state and the best params alone; it is read into today's layout with the
+networks of the time's empty model state, so old workdirs resume and evaluate.
 """
 
 from __future__ import annotations
@@ -30,6 +36,14 @@ from jaxnet import paths
 
 TIMEOUT_S = 600  # orbax's bound on one background write; our waits allow twice that (its barriers)
 _ITEMS = ("state", "best", "record", "checksums")
+LAYOUT = 2
+
+
+class _TrainStateLayout1(NamedTuple):
+    step: Any
+    params: Any
+    opt_state: Any
+    key: Any
 
 
 class CheckpointError(RuntimeError):
@@ -91,7 +105,7 @@ class Checkpoints:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def save(self, step: int, state, best_params, record: dict, *, force: bool = False) -> bool:
+    def save(self, step: int, state, best, record: dict, *, force: bool = False) -> bool:
         """Start writing `step` in the background; False (skipped) if the previous write is busy."""
         if not force and self._busy():
             return False
@@ -99,9 +113,10 @@ class Checkpoints:
         self._drop_damaged()
         if step in self.manager.all_steps():
             return True
-        state, best = _host_copy(state), _host_copy(best_params)
+        state, best = _host_copy(state), _host_copy(best)
         text = json.dumps(record, sort_keys=True)
         sums = {"state": _digest(state), "best": _digest(best), "record": _sha256(text)}
+        sums["layout"] = LAYOUT
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             best=ocp.args.StandardSave(best),
@@ -163,6 +178,20 @@ class Checkpoints:
             "--workdir (or move this one away)"
         )
 
+    def restore_best(self, best_like) -> Restored | None:
+        """The best variables alone (no training state) of the newest intact checkpoint."""
+        steps = self.steps()
+        reasons = {}
+        for step in reversed(steps):
+            try:
+                return self._read_best(step, best_like)
+            except Exception as error:  # any read failure means damage (KeyboardInterrupt is not)
+                reasons[step] = _short(error)
+        if not reasons:
+            return None
+        listed = "; ".join(f"step {s}: {r}" for s, r in sorted(reasons.items()))
+        raise CheckpointError(f"no intact checkpoint in {self.directory} ({listed})")
+
     def close(self) -> None:
         """Wait (bounded) for a pending write, then close the manager."""
         try:
@@ -189,9 +218,11 @@ class Checkpoints:
         return busy
 
     def _read(self, step: int, state_like, best_like) -> Restored:
+        layout = self._layout(step)
+        state_item, best_item = _layout_templates(layout, state_like, best_like)
         args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(_template(state_like)),
-            best=ocp.args.StandardRestore(_template(best_like)),
+            state=ocp.args.StandardRestore(_template(state_item)),
+            best=ocp.args.StandardRestore(_template(best_item)),
             record=ocp.args.JsonRestore(),
             checksums=ocp.args.JsonRestore(),
         )
@@ -205,7 +236,30 @@ class Checkpoints:
         ):
             if digest != sums[name]:
                 raise _Mismatch(f"{name} does not match its checksum")
-        return Restored(step, got.state, got.best, dict(got.record))
+        state, best = _from_layout(layout, got.state, got.best, state_like, best_like)
+        return Restored(step, state, best, dict(got.record))
+
+    def _layout(self, step: int) -> int:
+        only_sums = ocp.args.Composite(checksums=ocp.args.JsonRestore())
+        layout = self.manager.restore(step, args=only_sums).checksums.get("layout", 1)
+        if layout not in (1, LAYOUT):
+            raise _Mismatch(f"checkpoint layout {layout} is newer than this jaxnet's ({LAYOUT})")
+        return layout
+
+    def _read_best(self, step: int, best_like) -> Restored:
+        layout = self._layout(step)
+        args = ocp.args.Composite(
+            best=ocp.args.StandardRestore(),  # as saved: the digest covers the saved dtypes
+            record=ocp.args.JsonRestore(),
+            checksums=ocp.args.JsonRestore(),
+        )
+        got = self.manager.restore(step, args=args)
+        if _digest(got.best) != got.checksums["best"]:
+            raise _Mismatch("best does not match its checksum")
+        saved_like = best_like if layout == LAYOUT else best_like.params
+        best = _shaped_like(got.best, saved_like)
+        best = best if layout == LAYOUT else best_like._replace(params=best)
+        return Restored(step, None, best, dict(got.record))
 
     def _drop_damaged(self) -> None:
         """Delete the damaged steps newer than the restored one: training writes them anew."""
@@ -228,6 +282,49 @@ class Checkpoints:
             f"{kept if steps else 'no earlier checkpoint is on disk'}: free space or fix the "
             "disk, then run the same command to resume"
         )
+
+
+def _layout_templates(layout: int, state_like, best_like) -> tuple:
+    """The items' trees as `layout` saved them, from today's templates."""
+    if layout == LAYOUT:
+        return state_like, best_like
+    if jax.tree_util.tree_leaves(state_like.model_state):
+        raise _Mismatch(
+            "a checkpoint of layout 1 has no model state, but this network has one (BatchNorm)"
+        )
+    fields = _TrainStateLayout1._fields
+    return _TrainStateLayout1(*(getattr(state_like, f) for f in fields)), best_like.params
+
+
+def _from_layout(layout: int, state, best, state_like, best_like) -> tuple:
+    """Restored items in today's layout."""
+    if layout == LAYOUT:
+        return state, best
+    state = state_like._replace(**state._asdict())  # model_state: the template's empty one
+    return state, best_like._replace(params=best)
+
+
+def _path_names(tree) -> list[str]:
+    """Each leaf's path as "params/1/W", whether its containers are named tuples or dicts."""
+    names = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        parts = (getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        names.append("/".join(map(str, parts)))
+    return names
+
+
+def _shaped_like(saved, like):
+    """The leaves of a tree restored without a template, in the template's structure."""
+    by_name = dict(zip(_path_names(saved), jax.tree_util.tree_leaves(saved)))
+    leaves = []
+    for name, leaf in zip(_path_names(like), jax.tree_util.tree_leaves(like)):
+        if name not in by_name or np.shape(by_name[name]) != np.shape(leaf):
+            got = np.shape(by_name[name]) if name in by_name else "nothing"
+            raise _Mismatch(f"{name} holds {got}, expected shape {np.shape(leaf)}")
+        leaves.append(by_name[name])
+    if len(leaves) != len(by_name):
+        raise _Mismatch(f"it holds {len(by_name)} arrays, this network has {len(leaves)}")
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
 
 
 def _finalized(step) -> bool:

@@ -133,8 +133,19 @@ def define_flags(default_config: str, flag_values=None, sys_argv=None):
     flags.DEFINE_enum(
         "mode",
         "train",
-        ["train", "evaluate", "keys"],
-        "train (and resume); evaluate a workdir's best checkpoint; keys: list the config keys.",
+        ["train", "evaluate", "predict", "keys"],
+        "train (and resume); evaluate a workdir's best checkpoint; predict: labels for --input "
+        "with a workdir's best checkpoint; keys: list the config keys.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "input", None, "--mode=predict: an .npz file with the inputs as array x.", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "output",
+        None,
+        "--mode=predict: where to write labels, probabilities and logits (.npz); "
+        "default WORKDIR/predictions.npz.",
         flag_values=fv,
     )
     return fv
@@ -224,10 +235,29 @@ def run(flags) -> tuple[int, str | None]:
     if flags.mode == "keys":
         print(config_lib.describe(flags.config))
         return 0, None
-    if flags.mode == "evaluate" and not flags.workdir:
-        return 2, "--mode=evaluate needs --workdir DIR, the folder of a run"
+    if flags.mode in ("evaluate", "predict") and not flags.workdir:
+        return 2, f"--mode={flags.mode} needs --workdir DIR, the folder of a run"
+    if flags.mode == "predict":
+        if not flags.input:
+            return 2, "--mode=predict needs --input FILE.npz, the inputs as array x"
+        return _guarded(lambda: _predict(flags.workdir, flags.input, flags.output))
+    if flags.input or flags.output:
+        return 2, f"--input and --output are for --mode=predict, not --mode={flags.mode}"
     workdir = flags.workdir or _default_workdir(flags)
     return _guarded(lambda: _carry_out(flags, workdir))
+
+
+def _predict(workdir: str, input_path: str, output: str | None) -> None:
+    from jaxnet import paths
+    from jaxnet.training import trained
+
+    model = trained.load(workdir)
+    output = output or paths.join(workdir, "predictions.npz")
+    count = trained.write_predictions(model, trained.read_inputs(input_path), output)
+    print(
+        f"predicted {count} examples with the variables of epoch {model.best_epoch} (step "
+        f"{model.step}): labels, probabilities and logits in {paths.shown(output)}"
+    )
 
 
 def _carry_out(flags, workdir: str) -> None:
@@ -252,12 +282,13 @@ def _guarded(action) -> tuple[int, str | None]:
     from jaxnet.data import DatasetNotFoundError
     from jaxnet.training import trainer
     from jaxnet.training.checkpoints import CheckpointError
+    from jaxnet.training.trained import LoadError
 
     try:
         action()
     except trainer.Interrupted as stop:
         return 130, _one_line(stop)
-    except (ConfigError, trainer.WorkdirError, DatasetNotFoundError) as error:
+    except (ConfigError, trainer.WorkdirError, DatasetNotFoundError, LoadError) as error:
         return 2, _one_line(error)
     except (CheckpointError, trainer.NonFiniteLossError) as error:
         return 1, _one_line(error)

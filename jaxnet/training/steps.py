@@ -24,12 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxnet.layers import apply_stateful
+
 
 class TrainState(NamedTuple):
     step: jax.Array
     params: Any
     opt_state: Any
     key: jax.Array  # dropout keys are fold_in(key, step): resuming repeats them exactly
+    model_state: Any = ()  # the network's running statistics (BatchNorm); () if it has none
 
 
 class EpochPlan(NamedTuple):
@@ -121,17 +124,21 @@ def make_step(model, loss_fn, optimizer, axis_name: str | None = None):
         if axis_name is not None:
             total = jax.lax.psum(total, axis_name)
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+        # padding examples (weight 0) stay out of batch statistics too
+        training = {"key": key, "train": True, "mask": w, "axis_name": axis_name}
 
         def risk(params):
-            per_sample = loss_fn(model.apply(params, x, key=key), y)
-            return jnp.sum(per_sample * w.astype(per_sample.dtype)) / jnp.maximum(total, 1.0)
+            logits, model_state = apply_stateful(model, params, state.model_state, x, **training)
+            per_sample = loss_fn(logits, y)
+            weighted = jnp.sum(per_sample * w.astype(per_sample.dtype))
+            return weighted / jnp.maximum(total, 1.0), model_state
 
-        value, grads = jax.value_and_grad(risk)(state.params)
+        (value, model_state), grads = jax.value_and_grad(risk, has_aux=True)(state.params)
         if axis_name is not None:  # each device holds part of the sum: add them
             value, grads = jax.lax.psum((value, grads), axis_name)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new = TrainState(state.step + 1, params, opt_state, state.key)
+        new = TrainState(state.step + 1, params, opt_state, state.key, model_state)
         keep = total > 0
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
         return new, jnp.where(keep, value, jnp.nan)
@@ -186,6 +193,23 @@ def run_epoch(
         yield state, ChunkResult(c, examples, risks, compiled)
 
 
+class Variables(NamedTuple):
+    """What evaluation and prediction need: the parameters and the network's running statistics."""
+
+    params: Any
+    model_state: Any = ()
+
+    @classmethod
+    def of(cls, state: TrainState) -> Variables:
+        return cls(state.params, state.model_state)
+
+
+def infer(model, variables: Variables, x):
+    """The network's outputs in evaluation mode: no dropout, running statistics."""
+    logits, _ = apply_stateful(model, variables.params, variables.model_state, x)
+    return logits
+
+
 class Evaluation(NamedTuple):
     loss: float
     error: float
@@ -197,11 +221,14 @@ class Evaluation(NamedTuple):
 
 
 def make_evaluate(model, loss_fn, num_classes: int, batch_size: int = 1000) -> Callable:
-    """evaluate(params, images, labels) -> Evaluation, in batches of one size (one compilation)."""
+    """evaluate(variables, images, labels) -> Evaluation, in batches of one size (one compilation).
+
+    `variables` are `Variables(params, model_state)`.
+    """
 
     @jax.jit
-    def batch_stats(params, x, y, w):
-        logits = model.apply(params, x)
+    def batch_stats(variables, x, y, w):
+        logits = infer(model, variables, x)
         loss = jnp.sum(loss_fn(logits, y) * w)
         true = jax.nn.one_hot(y, num_classes, dtype=w.dtype)
         predicted = jax.nn.one_hot(predictions(logits), num_classes, dtype=w.dtype)
@@ -209,33 +236,33 @@ def make_evaluate(model, loss_fn, num_classes: int, batch_size: int = 1000) -> C
 
     ahead = []  # the program compile_ahead started, once there is one
 
-    def compile_ahead(param_shapes, input_shape, dtype=np.float32) -> None:
+    def compile_ahead(variable_shapes, input_shape, dtype=np.float32) -> None:
         """Start compiling the evaluation program for these shapes on a thread, as
         Placement.compile_ahead does the chunk's; the first evaluation waits for it."""
         x = jax.ShapeDtypeStruct((batch_size, *input_shape), dtype)
         y = jax.ShapeDtypeStruct((batch_size,), np.int32)
         w = jax.ShapeDtypeStruct((batch_size,), np.float32)
-        lowered = batch_stats.lower(param_shapes, x, y, w)
+        lowered = batch_stats.lower(variable_shapes, x, y, w)
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile-evaluation")
         ahead[:] = [pool.submit(lowered.compile)]
         pool.shutdown(wait=False)
 
-    def stats(params, x, y, w):
+    def stats(variables, x, y, w):
         if ahead:
             try:
-                return ahead[0].result()(params, x, y, w)
+                return ahead[0].result()(variables, x, y, w)
             except TypeError:  # other shapes or dtypes than compiled ahead: jit's own program
                 pass
-        return batch_stats(params, x, y, w)
+        return batch_stats(variables, x, y, w)
 
-    def evaluate(params, images, labels) -> Evaluation:
+    def evaluate(variables, images, labels) -> Evaluation:
         n = len(labels)
         if n == 0:
             empty = np.zeros((num_classes, num_classes), np.int64)
             return Evaluation(float("nan"), float("nan"), empty)
         # on one device, from wherever they are: the state's and the best copy's parameters
         # then compile one program, not one per placement
-        params = jax.device_put(params, jax.local_devices()[0])
+        variables = jax.device_put(variables, jax.local_devices()[0])
         total_loss, confusion = 0.0, np.zeros((num_classes, num_classes))
         for start in range(0, n, batch_size):
             x, y = images[start : start + batch_size], labels[start : start + batch_size]
@@ -244,7 +271,7 @@ def make_evaluate(model, loss_fn, num_classes: int, batch_size: int = 1000) -> C
             if pad:
                 x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
                 y = np.concatenate([y, np.zeros(pad, y.dtype)])
-            loss, conf = stats(params, x, y.astype(np.int32), w)
+            loss, conf = stats(variables, x, y.astype(np.int32), w)
             total_loss += float(loss)
             confusion += np.asarray(conf)
         errors = n - np.trace(confusion)

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from jaxnet import paths, shapes
-from jaxnet.training import build
+from jaxnet.training import build, trained
 from jaxnet.training import config as config_lib
 from jaxnet.training.checkpoints import Checkpoints
 from jaxnet.training.config import ConfigError
@@ -41,6 +41,7 @@ from jaxnet.training.placement import STRATEGIES
 from jaxnet.training.reporting import Report
 from jaxnet.training.steps import (
     EpochPlan,
+    Variables,
     abstract_split,
     chunk_shape,
     epoch_plan,
@@ -102,7 +103,7 @@ class Run:
     progress: Progress = dataclasses.field(default_factory=Progress)
     state: Any = None  # on the devices
     step: int = 0  # state.step, counted on the host: reading it from the devices waits for them
-    best_params: Any = None  # host copy
+    best: Any = None  # host copy of the best Variables (parameters and model state)
     data: Any = None
     last_save: tuple[int, float] = (0, 0.0)  # (step, time)
     resumed_from: int | None = None
@@ -245,10 +246,10 @@ def _device_memory() -> int | None:
 
 
 def _check_state_fits(config, built) -> None:
-    """The state, and the best parameters beside it, must fit on one device."""
+    """The state, and the best variables beside it, must fit on one device."""
     state = jax.tree_util.tree_leaves(built.abstract_state())
-    params = jax.tree_util.tree_leaves(built.abstract_params())
-    need = sum(x.size * x.dtype.itemsize for x in state + params)
+    best = jax.tree_util.tree_leaves(built.abstract_variables())
+    need = sum(x.size * x.dtype.itemsize for x in state + best)
     have = _device_memory()
     if have is not None and need > have:
         m = config.model
@@ -312,6 +313,8 @@ def prepare(config, workdir: str, *, log=print, dataset=None, devices=None, prog
             )
             if primary and saved_config(workdir) is None:
                 paths.write_text(paths.join(workdir, "config.json"), config_lib.to_json(config))
+            if primary:
+                trained.write_facts(workdir, dataset)
         except BaseException:
             if lock is not None:
                 lock.close()
@@ -397,7 +400,9 @@ def _compile_ahead(run: Run) -> None:
     data = abstract_split(train.images, train.labels)
     shape = chunk_shape(len(train.labels), c.batch_size, c.steps_per_chunk)
     run.placement.compile_ahead(run.built.abstract_state(), data, shape)
-    run.evaluate.compile_ahead(run.built.abstract_params(), run.dataset.input_shape, data[0].dtype)
+    run.evaluate.compile_ahead(
+        run.built.abstract_variables(), run.dataset.input_shape, data[0].dtype
+    )
 
 
 def restore(run: Run) -> None:
@@ -411,7 +416,7 @@ def restore(run: Run) -> None:
     state = run.built.initial_state()
     if run.placement.multi_process:
         state = jax.tree_util.tree_map(np.asarray, state)
-    best = _host_copy(state.params)
+    best = _host_copy(Variables.of(state))
     restored = run.checkpoints.restore(state, best)
     if restored is not None:
         state, best = restored.state, restored.best
@@ -428,7 +433,7 @@ def restore(run: Run) -> None:
         run.last_save = (0, time.monotonic())
     if not fresh and not run.done:
         _compile_ahead(run)
-    run.best_params = best
+    run.best = best
     run.step = int(np.asarray(state.step))
     run.state = run.placement.put_state(state)
     train = run.dataset.train
@@ -462,7 +467,7 @@ def _open_report(run: Run, progress: bool) -> None:
 
 def describe_run(run: Run) -> str:
     d, c = run.dataset, run.config
-    params = shapes.param_count(run.best_params)
+    params = shapes.param_count(run.best.params)
     return (
         f"jaxnet: {c.model.kind} ({params:,} parameters) on {d.name} from {d.source}; "
         f"{len(d.train.labels)} train / {len(d.validation.labels)} validation / "
@@ -555,7 +560,7 @@ def save(run: Run, force: bool = False) -> None:
     step = int(np.asarray(host.step))
     record = dataclasses.asdict(run.progress)
     run.report.flush()
-    if run.checkpoints.save(step, host, run.best_params, record, force=force):
+    if run.checkpoints.save(step, host, run.best, record, force=force):
         run.last_save = (step, time.monotonic())
 
 
@@ -571,7 +576,7 @@ def _end_epoch(run: Run, seconds: float) -> None:
     """Validation, the best parameters, early termination and the plateau rule; then maybe save."""
     host = run.placement.host_state(run.state)
     val = run.dataset.validation
-    result = run.evaluate(host.params, val.images, val.labels)
+    result = run.evaluate(Variables.of(host), val.images, val.labels)
     lr, mu = build.hyperparameters(host.opt_state, run.config.optimizer)
     p = run.progress
     row = {
@@ -586,7 +591,7 @@ def _end_epoch(run: Run, seconds: float) -> None:
         "seconds": seconds,
     }
     p.history.append(row)
-    _track_best(run, host.params, result.error)
+    _track_best(run, Variables.of(host), result.error)
     if _plateau_due(run):
         run.state = run.placement.put_state(
             build.with_learning_rate(host, lr * run.config.schedule.plateau_factor)
@@ -601,14 +606,14 @@ def _end_epoch(run: Run, seconds: float) -> None:
         _stop(run)
 
 
-def _track_best(run: Run, params, error: float) -> None:
+def _track_best(run: Run, variables: Variables, error: float) -> None:
     p = run.progress
     if run.validation_rule is not None:  # no validation split: the last epoch is the best
-        p.best_epoch, run.best_params = p.epoch + 1, _host_copy(params)
+        p.best_epoch, run.best = p.epoch + 1, _host_copy(variables)
         return
     if p.best_error is None or (np.isfinite(error) and error < p.best_error):
         p.best_error, p.best_epoch, p.bad_epochs = error, p.epoch + 1, 0
-        run.best_params = _host_copy(params)  # its own buffers: the state's are donated
+        run.best = _host_copy(variables)  # its own buffers: the state's are donated
         return
     p.bad_epochs += 1
     patience = run.config.early_stopping.patience
@@ -633,13 +638,13 @@ def finish(run: Run) -> dict:
         "; run the same command to evaluate again"
     )
     test = run.dataset.test
-    result = run.evaluate(run.best_params, test.images, test.labels)
+    result = run.evaluate(run.best, test.images, test.labels)
     p, c = run.progress, run.config
     summary = {
         "dataset": run.dataset.name,
         "source": run.dataset.source,
         "model": c.model.kind,
-        "parameters": shapes.param_count(run.best_params),
+        "parameters": shapes.param_count(run.best.params),
         "devices": f"{c.devices.strategy} x{run.placement.num_devices}",
         "epochs_run": len(p.history),
         "best_epoch": p.best_epoch,
@@ -723,7 +728,7 @@ def evaluate_workdir(workdir: str, config=None, *, log=print, dataset=None) -> d
     checkpoints = Checkpoints(folder, config.checkpoint.keep, log=log, read_only=True)
     try:
         state = built.initial_state()
-        restored = checkpoints.restore(state, _host_copy(state.params))
+        restored = checkpoints.restore(state, _host_copy(Variables.of(state)))
     finally:
         checkpoints.close()
     if restored is None:
