@@ -124,3 +124,41 @@ def _flatten_vjp(params, x, g, *, key=None):
 
 
 Flatten = Layer("flatten", _flatten_init, _flatten_apply, _flatten_jacobians, _flatten_vjp, {})
+
+
+def Reshape(*shape: int) -> Layer:
+    """Each example reshaped to `shape` (one entry may be -1): images (28, 28, 1) as a sequence
+    (28, 28) of rows, say. The Jacobian is the identity, laid out as out_shape + in_shape."""
+    if (
+        not shape
+        or any(isinstance(d, bool) or not isinstance(d, int) or (d < 1 and d != -1) for d in shape)
+        or list(shape).count(-1) > 1
+    ):
+        raise ValueError(
+            f"Reshape takes positive ints (at most one -1) for the example shape, got {shape}"
+        )
+
+    def target(input_shape):
+        size = math.prod(input_shape)
+        known = math.prod(d for d in shape if d != -1)
+        out = tuple(size // known if d == -1 else d for d in shape)
+        if math.prod(out) != size:
+            raise ValueError(
+                f"Reshape{shape} cannot take examples of shape {tuple(input_shape)} ({size} values)"
+            )
+        return out
+
+    def init(key, input_shape):
+        return target(input_shape), ()
+
+    def apply(params, x, *, key=None):
+        return x.reshape((x.shape[0],) + target(x.shape[1:]))
+
+    def jacobians(params, x, n, *, key=None):
+        size, out = math.prod(x.shape[1:]), target(x.shape[1:])
+        return (), jnp.eye(size, dtype=x.dtype).reshape(out + x.shape[1:])
+
+    def vjp(params, x, g, *, key=None):
+        return (), g.reshape(x.shape)
+
+    return Layer("reshape", init, apply, jacobians, vjp, {"shape": shape})
