@@ -251,7 +251,10 @@ def batch_norm_jacobians(params, x, n, eps: float):
 
 
 def _check_state(state, channels: int) -> None:
-    shapes = {name: jnp.shape(state.get(name)) for name in ("mean", "var")}
+    shapes = {
+        name: jnp.shape(state[name]) if isinstance(state, dict) and name in state else None
+        for name in ("mean", "var")
+    }
     if any(shape != (channels,) for shape in shapes.values()):
         raise ValueError(
             f"BatchNorm state must be {{'mean', 'var'}} of shape ({channels},), got shapes {shapes}"
