@@ -211,7 +211,8 @@ def _split(key):
 def _layer_checks(rng, key):
     """Every layer's hand-written Jacobians, w.r.t. its input and its parameters.
 
-    For one sample of a batch.
+    For one sample n of a batch: against that sample's input, or against the whole batch for a
+    layer whose samples are coupled (J_x of shape out_shape + x.shape).
     """
     from jaxnet import layers as L
 
@@ -224,6 +225,12 @@ def _layer_checks(rng, key):
         ("MaxPool(2x2)", L.MaxPool(2), (6, 4, 3)),
         ("MaxPool(3x3, s=2, 'same')", L.MaxPool(3, 2, "same"), (7, 6, 2)),
         ("AvgPool(2x3, s=1, 'same')", L.AvgPool((2, 3), 1, "same"), (5, 5, 2)),
+        ("Conv1D(3, k=3, s=2, 'same')", L.Conv1D(3, 3, 2, "same"), (7, 2)),
+        ("Conv1D(2, k=2, explicit (2, 1))", L.Conv1D(2, 2, 1, (2, 1)), (5, 3)),
+        ("GlobalAvgPool on (L, C)", L.GlobalAvgPool, (5, 3)),
+        ("GlobalAvgPool on (H, W, C)", L.GlobalAvgPool, (3, 4, 2)),
+        ("LayerNorm on (L, C)", L.LayerNorm(), (3, 5)),
+        ("BatchNorm on (L, C), coupled batch", L.BatchNorm(), (3, 2)),
         ("Flatten", L.Flatten, (3, 2, 2)),
         ("Sigmoid", L.Sigmoid, (9,)),
         ("Tanh", L.Tanh, (9,)),
@@ -244,10 +251,19 @@ def _layer_checks(rng, key):
         n = 1
         J_w, J_x = jax.jit(layer.jacobians, static_argnums=2)(params, x, n, key=drop_key)
 
-        def on_input(x_n, params=params, layer=layer, drop_key=drop_key):
-            return layer.apply(params, x.at[n].set(x_n), key=drop_key)[n]
+        if L.couples_batch(layer):
 
-        results.append(check_jacobian(on_input, J_x, x[n], name=f"{name}: d out / d input"))
+            def on_input(x_, params=params, layer=layer, drop_key=drop_key):
+                return layer.apply(params, x_, key=drop_key)[n]
+
+            point = x
+        else:
+
+            def on_input(x_n, params=params, layer=layer, drop_key=drop_key):
+                return layer.apply(params, x.at[n].set(x_n), key=drop_key)[n]
+
+            point = x[n]
+        results.append(check_jacobian(on_input, J_x, point, name=f"{name}: d out / d input"))
         if jax.tree_util.tree_leaves(params):
 
             def on_params(p, layer=layer, drop_key=drop_key):

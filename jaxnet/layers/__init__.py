@@ -16,7 +16,7 @@ from jaxnet.layers.base import (
     output_shape,
     serial,
 )
-from jaxnet.layers.conv import Conv2D
+from jaxnet.layers.conv import Conv1D, Conv2D
 from jaxnet.layers.dense import Dense, augment, dense_activation_jacobians, fold_bias
 from jaxnet.layers.dropout import Dropout, dropout_mask
 from jaxnet.layers.elementwise import (
@@ -31,7 +31,14 @@ from jaxnet.layers.elementwise import (
     Tanh,
     elementwise,
 )
-from jaxnet.layers.pooling import AvgPool, MaxPool, relu_maxpool, relu_maxpool_jacobians
+from jaxnet.layers.normalization import BatchNorm, LayerNorm
+from jaxnet.layers.pooling import (
+    AvgPool,
+    GlobalAvgPool,
+    MaxPool,
+    relu_maxpool,
+    relu_maxpool_jacobians,
+)
 
 __all__ = [
     "Layer",
@@ -45,9 +52,13 @@ __all__ = [
     "couples_batch",
     "output_shape",
     "Dense",
+    "Conv1D",
     "Conv2D",
     "MaxPool",
     "AvgPool",
+    "GlobalAvgPool",
+    "LayerNorm",
+    "BatchNorm",
     "Flatten",
     "Reshape",
     "Dropout",

@@ -1,4 +1,4 @@
-"""2-D convolution on NHWC images with HWIO kernels.
+"""2-D convolution on NHWC images with HWIO kernels, and 1-D convolution on NLC sequences.
 
 Any stride; padding 'same' / 'valid' / 'full' or explicit.
 
@@ -17,6 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxnet import shapes
 from jaxnet.layers import _windows as win
 from jaxnet.layers.base import Layer, default_float
 
@@ -190,3 +191,128 @@ def Conv2D(
 
     spec = {"out_channels": out_channels, "window": window, "strides": strides, "padding": padding}
     return Layer("conv", init, apply, jacobians, vjp, spec)
+
+
+# ----------------------------------------------------------------------------------- Conv1D
+# A sequence (N, L, C) is an image (N, 1, L, C) of height 1 and the kernel (k, C, O) a (1, k, C, O)
+# one, so Conv1D reuses the 2-D functions above; only the shapes and the messages are its own.
+
+
+def _positive_1d(name: str, value) -> tuple[int]:
+    """An int or a 1-tuple of ints as a 1-tuple, with an error naming the argument otherwise."""
+    single = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if len(single) != 1 or not (
+        isinstance(single[0], int) and not isinstance(single[0], bool) and single[0] >= 1
+    ):
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return single
+
+
+def _padding_2d(padding):
+    """Conv1D's padding as Conv2D's: the added height axis is never padded."""
+    if isinstance(padding, str):
+        if padding.lower() in shapes.PADDING_STYLES:
+            return padding  # on the height axis (window 1, stride 1) every style pads nothing
+    elif isinstance(padding, (tuple, list)) and len(padding) == 2:
+        if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in padding):
+            return ((0, 0), tuple(padding))
+    raise ValueError(
+        "Conv1D padding must be 'same', 'valid', 'full' or one pair (lo, hi) of non-negative "
+        f"ints, got {padding!r}"
+    )
+
+
+def _check_sequences(x, channels: int) -> None:
+    if x.ndim != 3:
+        raise ValueError(
+            f"Conv1D expects a batch of sequences (N, L, C), got an array of shape {x.shape}"
+        )
+    if x.shape[-1] != channels:
+        raise ValueError(
+            f"Conv1D was built for {channels} input channels, got input of shape {x.shape}"
+        )
+
+
+def _as_image_params(params):
+    return {"W": params["W"][None], "b": params["b"]}
+
+
+def conv1d_apply(params, x, stride: int, padding_2d):
+    """a[n, i, o] = b_o + sum_{p, c} W[p, c, o] x~[n, i s + p, c]."""
+    _check_sequences(x, params["W"].shape[1])
+    return conv_apply(_as_image_params(params), x[:, None], (1, stride), padding_2d)[:, 0]
+
+
+def conv1d_jacobians(params, x_n, stride: int, padding_2d):
+    """Local Jacobians of one sequence's convolution: the 2-D ones without their height axes.
+
+    da[i,o]/dW[p,c,o'] = delta_oo' x~[i s + p, c],   da[i,o]/db[o'] = delta_oo',
+    da[i,o]/dx[u,c]    = W[u - i s + lo, c, o]  (0 outside the kernel).
+    """
+    _check_sequences(x_n[None], params["W"].shape[1])
+    J_w, J_x = conv_jacobians(_as_image_params(params), x_n[None], (1, stride), padding_2d)
+    return {"W": J_w["W"][0, :, :, 0], "b": J_w["b"][0]}, J_x[0, :, :, 0]
+
+
+def conv1d_vjp(params, x, g, stride: int, padding_2d):
+    """Row vectors g = dl/da (N, L', O) back through the convolution, as Conv2D's vjp."""
+    _check_sequences(x, params["W"].shape[1])
+    g_params, g_x = conv_vjp(
+        _as_image_params(params), x[:, None], g[:, None], (1, stride), padding_2d
+    )
+    return {"W": g_params["W"][0], "b": g_params["b"]}, g_x[:, 0]
+
+
+def Conv1D(
+    out_channels: int,
+    window,
+    strides=1,
+    padding="valid",
+    W_init=glorot_normal,
+    b_init=jax.nn.initializers.zeros,
+) -> Layer:
+    """1-D convolution of sequences (N, L, C) with `out_channels` filters of `window` taps.
+
+    The kernel W has shape (k, C, O). padding: 'same', 'valid', 'full' or one pair (lo, hi).
+    """
+    if not isinstance(out_channels, int) or isinstance(out_channels, bool) or out_channels < 1:
+        raise ValueError(f"Conv1D out_channels must be a positive int, got {out_channels!r}")
+    window = _positive_1d("Conv1D window", window)
+    strides = _positive_1d("Conv1D strides", strides)
+    padding_2d = _padding_2d(padding)
+    (stride,) = strides
+
+    def init(key, input_shape):
+        if len(input_shape) != 2:
+            raise ValueError(
+                f"Conv1D expects a sequence input shape (L, C), got {tuple(input_shape)}"
+            )
+        length, c = input_shape
+        try:
+            _, (_, length_out) = win.geometry((1, length), (1,) + window, (1, stride), padding_2d)
+        except ValueError as error:
+            raise ValueError(f"Conv1D on sequences of length {length}: {error}") from None
+        k_w, k_b = jax.random.split(key)
+        dtype = default_float()
+        params = {
+            "W": W_init(k_w, window + (c, out_channels), dtype),
+            "b": b_init(k_b, (out_channels,), dtype),
+        }
+        return (length_out, out_channels), params
+
+    def apply(params, x, *, key=None):
+        return conv1d_apply(params, x, stride, padding_2d)
+
+    def jacobians(params, x, n, *, key=None):
+        return conv1d_jacobians(params, x[n], stride, padding_2d)
+
+    def vjp(params, x, g, *, key=None):
+        return conv1d_vjp(params, x, g, stride, padding_2d)
+
+    spec = {
+        "out_channels": out_channels,
+        "window": window,
+        "strides": strides,
+        "padding": padding if isinstance(padding, str) else tuple(padding),
+    }
+    return Layer("conv1d", init, apply, jacobians, vjp, spec)

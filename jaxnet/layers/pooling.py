@@ -1,5 +1,7 @@
 """Max-pooling and average-pooling over NHWC images, and the notes' ReLU + max-pooling Jacobian.
 
+Also global average-pooling, the mean over every spatial axis of (N, ..., C) inputs.
+
 Tie rule. When several inputs of a max-pooling window share the maximum, the whole gradient goes
 to the first of them in row-major window order (row p first, then column q). The notes leave the
 choice open ("one of the highest inputs, say, chosen at random"); this rule is deterministic and
@@ -13,6 +15,7 @@ divides by the full window size k1 k2 (padded cells count, as in PyTorch's defau
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -229,6 +232,55 @@ def AvgPool(window, strides=None, padding="valid") -> Layer:
     return _pool(
         "AvgPool", avg_pool_apply, avg_pool_jacobian, avg_pool_vjp, window, strides, padding
     )
+
+
+def _check_spatial(x) -> None:
+    if x.ndim < 3:
+        raise ValueError(
+            "GlobalAvgPool expects a batch with spatial axes and channels last, (N, L, C) or "
+            f"(N, H, W, C), got an array of shape {x.shape}"
+        )
+
+
+def global_avg_pool_apply(x):
+    """y[n, c] = (1/P) sum_u x[n, u, c] over the P positions u of the spatial axes."""
+    _check_spatial(x)
+    return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
+
+
+def global_avg_pool_jacobian(x_n):
+    """dy_c/dx[u, c'] = delta_cc' / P for every position u: shape (C,) + x_n.shape."""
+    _check_spatial(x_n[None])
+    c, positions = x_n.shape[-1], math.prod(x_n.shape[:-1])
+    eye = jnp.eye(c, dtype=x_n.dtype)[:, None, :] / positions
+    return jnp.broadcast_to(eye, (c, positions, c)).reshape((c,) + x_n.shape)
+
+
+def global_avg_pool_vjp(x, g):
+    """Spread each g[n, c] evenly over the P positions of channel c."""
+    _check_spatial(x)
+    positions = math.prod(x.shape[1:-1])
+    share = g.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)) / positions
+    return jnp.broadcast_to(share, x.shape)
+
+
+def _global_avg_pool_init(key, input_shape):
+    if len(input_shape) < 2:
+        raise ValueError(
+            "GlobalAvgPool expects an input shape with spatial axes and channels last, (L, C) or "
+            f"(H, W, C), got {tuple(input_shape)}"
+        )
+    return (input_shape[-1],), ()
+
+
+GlobalAvgPool = Layer(
+    "global_avg_pool",
+    _global_avg_pool_init,
+    lambda params, x, *, key=None: global_avg_pool_apply(x),
+    lambda params, x, n, *, key=None: ((), global_avg_pool_jacobian(x[n])),
+    lambda params, x, g, *, key=None: ((), global_avg_pool_vjp(x, g)),
+    {},
+)
 
 
 def relu_maxpool(params, x_n, windows):
