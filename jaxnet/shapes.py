@@ -159,30 +159,34 @@ def param_count(params) -> int:
     return sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params))
 
 
-def network_receptive_field(network) -> tuple[int, int]:
-    """(height, width) receptive field of one output of a jaxnet network.
+def network_receptive_field(network) -> tuple[int, ...]:
+    """The receptive field of one output of a jaxnet network, per spatial axis.
 
-    From its conv and pooling layers.
-
-    Point activations, flatten-free prefixes and dropout leave it unchanged; a Dense or Flatten
-    layer sees everything, so the walk stops there.
+    (height, width) for images, (length,) for sequences (Conv1D), from the conv and pooling
+    layers. Point activations, normalisation and dropout leave it unchanged; a Dense, Flatten or
+    global pooling layer sees everything, so the walk stops there.
     """
     layers = network.spec["layers"] if network.name == "serial" else (network,)
-    stack_h, stack_w = [], []
+    stacks = None
     for layer in layers:
-        if layer.name in ("dense", "flatten"):
+        if layer.name in ("dense", "flatten", "global_avg_pool"):
             break
         if "window" in layer.spec:
-            (kh, kw), (sh, sw) = layer.spec["window"], layer.spec["strides"]
-            stack_h.append((kh, sh))
-            stack_w.append((kw, sw))
-    return receptive_field(stack_h), receptive_field(stack_w)
+            window, strides = layer.spec["window"], layer.spec["strides"]
+            stacks = stacks or [[] for _ in window]
+            if len(window) != len(stacks):
+                raise ValueError(
+                    f"layer {layer.name} has a {len(window)}-D window after {len(stacks)}-D ones"
+                )
+            for stack, k, s in zip(stacks, window, strides):
+                stack.append((k, s))
+    return tuple(receptive_field(stack) for stack in stacks or [[], []])
 
 
 def multiply_adds(network, input_shape) -> list[int]:
     """Forward multiply-adds per example of each layer.
 
-    d e for a Dense layer, H' W' k1 k2 C C' for a Conv2D, else 0. Shapes are traced abstractly
+    d e for a Dense layer, H' W' k1 k2 C C' for a Conv2D (L' k C C' for a Conv1D), else 0. Shapes are traced abstractly
     (`jax.eval_shape`) through each layer's own `apply`, so no parameter is drawn. Training costs
     about three times the sum (forward, weight gradients, input gradients), less the first
     weighted layer's input gradient, which nothing needs.
@@ -208,8 +212,8 @@ def multiply_adds(network, input_shape) -> list[int]:
     for layer, p, y in zip(layers, params, outputs):
         if layer.name == "dense":
             counts.append(int(np.prod(p["W"].shape)))
-        elif layer.name == "conv":
-            counts.append(int(np.prod(y.shape[1:3])) * int(np.prod(p["W"].shape)))
+        elif layer.name in ("conv", "conv1d"):
+            counts.append(int(np.prod(y.shape[1:-1])) * int(np.prod(p["W"].shape)))
         else:
             counts.append(0)
     return counts

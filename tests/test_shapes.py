@@ -532,3 +532,11 @@ def test_multiply_adds_agree_with_xla_cost_analysis(key):
         _xla_flops(lambda x, W: x @ W.T, jnp.ones((1, 29), params["W"].dtype), params["W"])
         == 2 * shapes.multiply_adds(dense, (29,))[0]
     )
+
+
+def test_receptive_field_and_multiply_adds_of_a_sequence_network():
+    net = L.serial(L.Conv1D(3, 5), L.Relu, L.Conv1D(4, 3, 2, "same"), L.GlobalAvgPool, L.Dense(2))
+    # r = 1 + (5 - 1) 1 + (3 - 1) 1 (the notes' generalised rule), then global pooling sees all
+    assert shapes.network_receptive_field(net) == (7,)
+    # L' k C C' per conv: (10 - 4) 5 2 3, then ceil(6 / 2) 3 3 4; Dense 4 x 2
+    assert shapes.multiply_adds(net, (10, 2)) == [180, 0, 108, 0, 8]
