@@ -30,6 +30,7 @@ from jaxnet.layers.elementwise import (
     elementwise,
 )
 from jaxnet.layers.pooling import AvgPool, MaxPool, relu_maxpool, relu_maxpool_jacobians
+from jaxnet.layers.recurrent import GRU, Elman
 
 __all__ = [
     "Layer",
@@ -46,6 +47,8 @@ __all__ = [
     "Conv2D",
     "MaxPool",
     "AvgPool",
+    "Elman",
+    "GRU",
     "Flatten",
     "Dropout",
     "Sigmoid",
