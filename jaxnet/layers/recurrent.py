@@ -303,8 +303,8 @@ def recurrent_layer(cell, hidden, return_sequence, W_init, U_init, b_init) -> La
                 shapes[m.U] = (U_init, (hidden, hidden), True)
         keys = jax.random.split(key, len(shapes))
         params = {}
-        for k, (name, (f, shape, transpose)) in zip(keys, sorted(shapes.items())):
-            params[name] = f(k, shape, dtype).T if transpose else f(k, shape, dtype)
+        for k, (leaf, (f, shape, transpose)) in zip(keys, sorted(shapes.items())):
+            params[leaf] = f(k, shape, dtype).T if transpose else f(k, shape, dtype)
         return ((steps, hidden) if return_sequence else (hidden,)), params
 
     def apply(params, x, *, key=None):
