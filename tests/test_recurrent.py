@@ -10,7 +10,6 @@ from jaxnet import backprop, losses
 from jaxnet import layers as L
 from jaxnet.verify import check_jacobian, relative_error
 
-TOL = 1e-7
 LAYERS = {"Elman": L.Elman, "GRU": L.GRU}
 
 
@@ -152,8 +151,10 @@ def test_bptt_through_60_steps_matches_jax_grad(name, return_sequence, key):
     for leaf in params:
         assert np.isfinite(np.asarray(hand_w[leaf])).all(), leaf
         assert relative_error(hand_w[leaf], ref_w[leaf]) < 1e-10, leaf
-    # the first input still gets a gradient through the 59 later steps
+    # The first input's gradient has passed through 59 later steps; for Elman it is tiny (it
+    # vanishes geometrically) but still right on its own scale, not flushed to 0 or NaN.
     assert np.abs(np.asarray(hand_x[:, 0])).max() > 0
+    assert relative_error(hand_x[:, 0], ref_x[:, 0]) < 1e-10
 
 
 def _one_step_reference(name, p, x_1):
@@ -170,21 +171,20 @@ def _one_step_reference(name, p, x_1):
 def test_single_step_is_the_cell_on_a_zero_state(name, key):
     """T = 1: the cell once from h_0 = 0; U gets no gradient and jacobians equal jacrev's."""
     rng = _rng(key)
-    layer = LAYERS[name](3, True)
+    layer, last = LAYERS[name](3, True), LAYERS[name](3)  # h_T alone is h_1
     params, x = _setup(layer, rng, 1, 2)
     g = jnp.asarray(rng.standard_normal((3, 1, 3)))
 
     @jax.jit
     def everything(params, x, g):
         reference = jax.jacrev(lambda p, x_0: layer.apply(p, x.at[0].set(x_0))[0], (0, 1))
-        return (
-            layer.apply(params, x),
-            layer.vjp(params, x, g),
-            layer.jacobians(params, x, 0),
-            (reference(params, x[0])),
-        )
+        outputs = layer.apply(params, x), last.apply(params, x)
+        vjps = layer.vjp(params, x, g), last.vjp(params, x, g[:, 0])
+        return outputs, vjps, layer.jacobians(params, x, 0), reference(params, x[0])
 
-    y, (grads, g_x), (J_w, J_x), (ref_w, ref_x) = everything(params, x, g)
+    (y, y_last), ((grads, g_x), (_, g_x_last)), (J_w, J_x), (ref_w, ref_x) = everything(
+        params, x, g
+    )
     expected = _one_step_reference(name, params, np.asarray(x[:, 0]))
     np.testing.assert_allclose(y[:, 0], expected, rtol=1e-13)
     assert relative_error(J_x, ref_x) < 1e-13
@@ -192,9 +192,8 @@ def test_single_step_is_the_cell_on_a_zero_state(name, key):
         assert relative_error(J_w[leaf], ref_w[leaf]) < 1e-13, leaf
         if leaf.startswith("U"):
             np.testing.assert_array_equal(grads[leaf], 0)
-    last = LAYERS[name](3)  # h_T alone is h_1
-    np.testing.assert_allclose(last.apply(params, x), y[:, 0], rtol=1e-15)
-    np.testing.assert_allclose(last.vjp(params, x, g[:, 0])[1], g_x, rtol=1e-14)
+    np.testing.assert_allclose(y_last, y[:, 0], rtol=1e-15)
+    np.testing.assert_allclose(g_x_last, g_x, rtol=1e-14)
 
 
 @pytest.mark.parametrize("name", LAYERS)
@@ -318,6 +317,5 @@ def test_elman_network_learns_the_sign_of_a_noisy_sum(key):
     )
     before, _ = risk_and_accuracy(params)
     after, accuracy = risk_and_accuracy(train(params))
-    print(f"risk {before:.3f} -> {after:.3f}, accuracy {accuracy:.3f}")
     assert after < 0.5 * before, (before, after)
     assert accuracy > 0.85, accuracy
