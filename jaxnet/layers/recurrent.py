@@ -150,7 +150,7 @@ def _pre_activations(cell, params, inputs_t, h_prev):
     a = {}
     for k, m in cell.maps.items():
         a_k = inputs_t[k] if m.W else params[m.b][None, :]
-        a[k] = a_k + h_prev @ params[m.U].T if m.U else a_k
+        a[k] = (a_k + h_prev @ params[m.U].T) if m.U else a_k
     return a
 
 
@@ -164,7 +164,7 @@ def forward_over_time(cell, params, x):
     inputs = {
         k: xs @ params[m.W].T + params[m.b][None, None, :] for k, m in cell.maps.items() if m.W
     }
-    hidden = params[cell.maps[next(iter(cell.maps))].b].shape[0]
+    hidden = params[next(iter(cell.maps.values())).b].shape[0]
     dtype = jnp.result_type(x, *jax.tree_util.tree_leaves(params))
     h_0 = jnp.zeros((x.shape[0], hidden), dtype)
 
