@@ -240,6 +240,10 @@ def _layer_checks(rng, key):
         ("LogSoftmax", L.LogSoftmax, (6,)),
         ("Dropout(0.4), training", L.Dropout(0.4), (10,)),
         ("Dropout(0.4, scale_at='test'), testing", L.Dropout(0.4, "test"), (10,)),
+        ("Elman(3), h_T", L.Elman(3), (4, 2)),
+        ("Elman(3), sequence", L.Elman(3, return_sequence=True), (4, 2)),
+        ("GRU(3), h_T", L.GRU(3), (4, 2)),
+        ("GRU(3), sequence", L.GRU(3, return_sequence=True), (4, 2)),
     ]
     results = []
     for name, layer, in_shape in cases:
@@ -410,6 +414,12 @@ def _backprop_checks(rng, key):
                 L.Dense(3),
             ),
             (8, 8, 2),
+            losses.CROSS_ENTROPY_FROM_LOGITS,
+        ),
+        (
+            "RNN GRU(4)-dense over 5 steps (BPTT)",
+            L.serial(L.GRU(4), L.Dense(3)),
+            (5, 2),
             losses.CROSS_ENTROPY_FROM_LOGITS,
         ),
     ]

@@ -39,6 +39,7 @@ from jaxnet.layers.pooling import (
     relu_maxpool,
     relu_maxpool_jacobians,
 )
+from jaxnet.layers.recurrent import GRU, Elman
 
 __all__ = [
     "Layer",
@@ -59,6 +60,8 @@ __all__ = [
     "GlobalAvgPool",
     "LayerNorm",
     "BatchNorm",
+    "Elman",
+    "GRU",
     "Flatten",
     "Reshape",
     "Dropout",
