@@ -275,7 +275,7 @@ def _layer_checks(rng, key):
             (4, 4, 2),
         ),
         (
-            "serial(FanOut(2), parallel(Dense, serial(Dense, Tanh)), FanInConcat)",
+            "two branches: FanOut(2), parallel(Dense, Dense-Tanh), FanInConcat",
             L.serial(
                 L.FanOut(2), L.parallel(L.Dense(2), L.serial(L.Dense(3), L.Tanh)), L.FanInConcat()
             ),
@@ -465,7 +465,7 @@ def _backprop_checks(rng, key):
             losses.CROSS_ENTROPY_FROM_LOGITS,
         ),
         (
-            "residual CNN conv-relu-[conv-relu-conv]+x-maxpool-dense",
+            "residual CNN conv-relu-(x + conv-relu-conv)-maxpool-dense",
             L.serial(
                 L.Conv2D(3, 3, 1, "same"),
                 L.Relu,
@@ -478,7 +478,7 @@ def _backprop_checks(rng, key):
             losses.CROSS_ENTROPY_FROM_LOGITS,
         ),
         (
-            "branch MLP fan-out, parallel(dense, dense-tanh), concat, dense",
+            "branch MLP fan-out, dense | dense-tanh, concat, dense",
             L.serial(
                 L.FanOut(2),
                 L.parallel(L.Dense(4), L.serial(L.Dense(3), L.Tanh)),

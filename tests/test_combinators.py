@@ -131,8 +131,8 @@ CASES = {
     ),
     "Residual(Dense, Tanh)": (lambda: L.Residual(L.Dense(4), L.Tanh), (4,)),
     "Residual(Conv2D, Relu, Conv2D)": (
-        lambda: L.Residual(_conv_same(), L.Relu, _conv_same()),
-        (4, 4, 2),
+        lambda: L.Residual(_conv_same(1), L.Relu, _conv_same(1)),
+        (3, 3, 1),
     ),
     "nested Residual": (
         lambda: L.Residual(L.Residual(L.Dense(3), L.Tanh), L.Dense(3), L.Sigmoid),
@@ -303,6 +303,14 @@ COUPLED_NETS = {
     "two Centers": lambda: L.serial(L.Dense(4), Center(), L.Relu, L.Dense(4), Center(), L.Dense(3)),
     "residual net": lambda: L.serial(
         L.Dense(4), L.Residual(L.Dense(4), Center(), L.Tanh), L.Residual(L.Dense(4)), L.Dense(3)
+    ),
+    "branches and a residual below Center": lambda: L.serial(
+        L.FanOut(2),
+        L.parallel(L.Dense(3), L.serial(L.Dense(3), L.Tanh)),
+        L.FanInSum,
+        L.Residual(L.Dense(3), L.Tanh),
+        Center(),
+        L.Dense(3),
     ),
     "Center in a branch": lambda: L.serial(
         L.FanOut(2),
