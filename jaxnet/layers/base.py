@@ -228,9 +228,9 @@ def _pull_back_over_batch(layer, params, x, key, g, rows, want_x):
     grads, g_x = jax.vmap(at, in_axes=(0, rows), out_axes=(0, 0 if coupled else rows))(
         jnp.arange(batch_size(x)), g
     )
-    # A coupled layer's g_m J(m) already spans the batch below it: those rows add up.
+    # every sample m uses the same parameters, so their gradients add up over m
     grads = jax.tree_util.tree_map(lambda a: jnp.sum(a, axis=0), grads)
-    if coupled:
+    if coupled:  # each g_m J(m) spans the whole batch below already
         g_x = jax.tree_util.tree_map(lambda a: jnp.sum(a, axis=0), g_x)
     return grads, g_x if want_x else None
 
