@@ -14,4 +14,6 @@ def load(workdir: str):
     from jaxnet.training.trained import load as load_trained  # the trainer's imports, on demand
 
     return load_trained(workdir)
+
+
 # jaxnet.verify is imported on demand: it is also the module `python -m jaxnet.verify` runs.

@@ -186,10 +186,10 @@ def network_receptive_field(network) -> tuple[int, ...]:
 def multiply_adds(network, input_shape) -> list[int]:
     """Forward multiply-adds per example of each layer.
 
-    d e for a Dense layer, H' W' k1 k2 C C' for a Conv2D (L' k C C' for a Conv1D), else 0. Shapes are traced abstractly
-    (`jax.eval_shape`) through each layer's own `apply`, so no parameter is drawn. Training costs
-    about three times the sum (forward, weight gradients, input gradients), less the first
-    weighted layer's input gradient, which nothing needs.
+    d e for a Dense layer, H' W' k1 k2 C C' for a Conv2D (L' k C C' for a Conv1D), else 0.
+    Shapes are traced abstractly (`jax.eval_shape`) through each layer's own `apply`, so no
+    parameter is drawn. Training costs about three times the sum (forward, weight gradients,
+    input gradients), less the first weighted layer's input gradient, which nothing needs.
     """
     import jax
 

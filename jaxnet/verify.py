@@ -102,13 +102,28 @@ def _flat(f, x):
     return f_flat, x_flat
 
 
-def jacobian_matrix(jac, out_size: int):
+def jacobian_matrix(jac, out):
     """A Jacobian in jax.jacrev's layout as an (out, in) matrix.
 
-    The layout: out_shape + in_shape, or a pytree of such leaves.
+    The layout: out_shape + in_shape, a pytree of such leaves for a pytree input, and for a
+    pytree output one such block per output leaf, nested outside. `out` is the output (arrays
+    or shapes), or its size when it is one array.
     """
-    leaves = jax.tree_util.tree_leaves(jac)
-    return np.concatenate([np.reshape(np.asarray(leaf), (out_size, -1)) for leaf in leaves], axis=1)
+    if isinstance(out, (int, np.integer)):
+        blocks, sizes = [jac], [int(out)]
+    else:
+        out_leaves, out_def = jax.tree_util.tree_flatten(out)
+        blocks, sizes = out_def.flatten_up_to(jac), [int(np.prod(o.shape)) for o in out_leaves]
+    return np.concatenate(
+        [
+            np.concatenate(
+                [np.reshape(np.asarray(J), (size, -1)) for J in jax.tree_util.tree_leaves(block)],
+                axis=1,
+            )
+            for block, size in zip(blocks, sizes)
+        ],
+        axis=0,
+    )
 
 
 def finite_difference_jacobian(f: Callable, x, step: float = 1.0, levels: int = 18):
@@ -157,7 +172,7 @@ def check_jacobian(
     _require_x64()
     hand = jacobian(x) if callable(jacobian) else jacobian
     f_flat, x_flat = _flat(f, x)
-    hand = jacobian_matrix(hand, jax.eval_shape(f_flat, x_flat).size)
+    hand = jacobian_matrix(hand, jax.eval_shape(f, x))
     autodiff = max(
         relative_error(hand, jax.jit(jax.jacrev(f_flat))(x_flat)),
         relative_error(hand, jax.jit(jax.jacfwd(f_flat))(x_flat)),
@@ -208,14 +223,25 @@ def _split(key):
     return jax.random.split(key, 3)
 
 
+def _batch(rng, batch: int, shape):
+    """A random batch of examples of `shape`; a tuple of batches for a tuple of shapes."""
+    from jaxnet.layers.base import is_shape
+
+    if is_shape(shape):
+        return _normal(rng, (batch,) + tuple(shape))
+    return tuple(_batch(rng, batch, s) for s in shape)
+
+
 def _layer_checks(rng, key):
     """Every layer's hand-written Jacobians, w.r.t. its input and its parameters.
 
-    For one sample n of a batch: against that sample's input, or against the whole batch for a
-    layer whose samples are coupled (J_x of shape out_shape + x.shape).
+    For one sample n of a batch; inputs and outputs may be tuples of batches (the combinators),
+    and a layer whose samples are coupled is checked against the whole batch (J_x of shape
+    out_shape + x.shape).
     """
     from jaxnet import layers as L
 
+    same_conv = lambda: L.Conv2D(2, 3, 1, "same")
     cases = [
         ("Dense(5)", L.Dense(5), (7,)),
         ("Conv2D(3, 3x3, 'valid')", L.Conv2D(3, 3), (6, 5, 2)),
@@ -244,36 +270,70 @@ def _layer_checks(rng, key):
         ("Elman(3), sequence", L.Elman(3, return_sequence=True), (4, 2)),
         ("GRU(3), h_T", L.GRU(3), (4, 2)),
         ("GRU(3), sequence", L.GRU(3, return_sequence=True), (4, 2)),
+        ("FanOut(3)", L.FanOut(3), (5,)),
+        ("FanInSum of 3", L.FanInSum, ((3, 2), (3, 2), (3, 2))),
+        ("FanInConcat(axis=-1)", L.FanInConcat(), ((2, 2, 3), (2, 2, 1))),
+        ("FanInConcat(axis=0)", L.FanInConcat(0), ((2, 3), (1, 3))),
+        ("parallel(Dense(3), Tanh)", L.parallel(L.Dense(3), L.Tanh), ((4,), (2,))),
+        (
+            "parallel(Dropout, Dense(2)), training",
+            L.parallel(L.Dropout(0.3), L.Dense(2)),
+            ((3,), (4,)),
+        ),
+        ("Residual(Dense(4), Tanh)", L.Residual(L.Dense(4), L.Tanh), (4,)),
+        (
+            "Residual(Conv2D same, Relu, Conv2D same)",
+            L.Residual(same_conv(), L.Relu, same_conv()),
+            (4, 4, 2),
+        ),
+        (
+            "two branches: FanOut(2), parallel(Dense, Dense-Tanh), FanInConcat",
+            L.serial(
+                L.FanOut(2), L.parallel(L.Dense(2), L.serial(L.Dense(3), L.Tanh)), L.FanInConcat()
+            ),
+            (4,),
+        ),
     ]
     results = []
     for name, layer, in_shape in cases:
         key, k_init, k_drop = _split(key)
-        _, params = layer.init(k_init, in_shape)
-        params = jax.tree_util.tree_map(lambda p: p + 0.1 * _normal(rng, p.shape), params)
-        x = _normal(rng, (3,) + in_shape)
-        drop_key = k_drop if "training" in name else None
-        n = 1
-        J_w, J_x = jax.jit(layer.jacobians, static_argnums=2)(params, x, n, key=drop_key)
+        results += _one_layer_checks(rng, name, layer, in_shape, k_init, k_drop)
+    return results
 
-        if L.couples_batch(layer):
 
-            def on_input(x_, params=params, layer=layer, drop_key=drop_key):
-                return layer.apply(params, x_, key=drop_key)[n]
+def _one_layer_checks(rng, name, layer, in_shape, k_init, k_drop):
+    """check_jacobian of one layer's J_x and J_params for sample n = 1 of a batch of 3."""
+    from jaxnet.layers.base import couples_batch, sample
 
-            point = x
-        else:
+    _, params = layer.init(k_init, in_shape)
+    params = jax.tree_util.tree_map(lambda p: p + 0.1 * _normal(rng, p.shape), params)
+    x = _batch(rng, 3, in_shape)
+    drop_key = k_drop if "training" in name else None
+    n = 1
+    J_w, J_x = jax.jit(layer.jacobians, static_argnums=2)(params, x, n, key=drop_key)
 
-            def on_input(x_n, params=params, layer=layer, drop_key=drop_key):
-                return layer.apply(params, x.at[n].set(x_n), key=drop_key)[n]
+    def on_input(x_n):
+        x_ = jax.tree_util.tree_map(lambda a, a_n: a.at[n].set(a_n), x, x_n)
+        return sample(layer.apply(params, x_, key=drop_key), n)
 
-            point = x[n]
-        results.append(check_jacobian(on_input, J_x, point, name=f"{name}: d out / d input"))
-        if jax.tree_util.tree_leaves(params):
+    def on_batch(x_):  # a layer that couples the batch: J_x spans it (out_shape + x.shape)
+        return sample(layer.apply(params, x_, key=drop_key), n)
 
-            def on_params(p, layer=layer, drop_key=drop_key):
-                return layer.apply(p, x, key=drop_key)[n]
+    coupled = couples_batch(layer)
+    results = [
+        check_jacobian(
+            on_batch if coupled else on_input,
+            J_x,
+            x if coupled else sample(x, n),
+            name=f"{name}: d out / d input",
+        )
+    ]
+    if jax.tree_util.tree_leaves(params):
 
-            results.append(check_jacobian(on_params, J_w, params, name=f"{name}: d out / d params"))
+        def on_params(p):
+            return sample(layer.apply(p, x, key=drop_key), n)
+
+        results.append(check_jacobian(on_params, J_w, params, name=f"{name}: d out / d params"))
     return results
 
 
@@ -420,6 +480,30 @@ def _backprop_checks(rng, key):
             "RNN GRU(4)-dense over 5 steps (BPTT)",
             L.serial(L.GRU(4), L.Dense(3)),
             (5, 2),
+            losses.CROSS_ENTROPY_FROM_LOGITS,
+        ),
+        (
+            "residual CNN conv-relu-(x + conv-relu-conv)-maxpool-dense",
+            L.serial(
+                L.Conv2D(3, 3, 1, "same"),
+                L.Relu,
+                L.Residual(L.Conv2D(3, 3, 1, "same"), L.Relu, L.Conv2D(3, 3, 1, "same")),
+                L.MaxPool(2),
+                L.Flatten,
+                L.Dense(3),
+            ),
+            (6, 6, 2),
+            losses.CROSS_ENTROPY_FROM_LOGITS,
+        ),
+        (
+            "branch MLP fan-out, dense | dense-tanh, concat, dense",
+            L.serial(
+                L.FanOut(2),
+                L.parallel(L.Dense(4), L.serial(L.Dense(3), L.Tanh)),
+                L.FanInConcat(),
+                L.Dense(3),
+            ),
+            (5,),
             losses.CROSS_ENTROPY_FROM_LOGITS,
         ),
     ]

@@ -8,14 +8,18 @@ from jaxnet.layers.base import (
     Layer,
     Stateful,
     apply_stateful,
+    contract,
     couples_batch,
     forward_with_activations,
     has_state,
+    identity_jacobian,
     init_state,
     layer_keys,
     output_shape,
+    pull_back,
     serial,
 )
+from jaxnet.layers.combinators import FanInConcat, FanInSum, FanOut, Residual, parallel
 from jaxnet.layers.conv import Conv1D, Conv2D
 from jaxnet.layers.dense import Dense, augment, dense_activation_jacobians, fold_bias
 from jaxnet.layers.dropout import Dropout, dropout_mask
@@ -44,7 +48,15 @@ from jaxnet.layers.recurrent import GRU, Elman
 __all__ = [
     "Layer",
     "serial",
+    "parallel",
+    "FanOut",
+    "FanInSum",
+    "FanInConcat",
+    "Residual",
     "forward_with_activations",
+    "pull_back",
+    "contract",
+    "identity_jacobian",
     "layer_keys",
     "Stateful",
     "apply_stateful",
