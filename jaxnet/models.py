@@ -144,8 +144,10 @@ def _build(node, source: str, W_init, *, nested: bool) -> L.Layer:
         kwargs["W_init"] = W_init
     try:
         return entry(*args, **kwargs)
-    except (TypeError, ValueError) as error:
-        raise SpecError(f"{where}{_first_line(error)}") from None
+    except Exception as error:  # noqa: BLE001  (a factory's own check, or the call's TypeError)
+        named = isinstance(error, (TypeError, ValueError))  # their messages name the layer
+        kind = "" if named else f"{type(error).__name__}: "
+        raise SpecError(f"{where}{kind}{_first_line(error)}") from None
 
 
 def _call_parts(node, source: str):

@@ -202,14 +202,25 @@ def _first_misfit(stack, shape):
         try:
             out = tuple(L.output_shape(layer, shape))
         except Exception as error:  # noqa: BLE001  (any layer error is a network that does not fit)
-            return index, shape, f"{type(error).__name__}: {str(error).splitlines()[0]}"
-        if any(d < 1 for d in out):
+            return index, shape, f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+        if any(d < 1 for d in _dims(out)):
             return index, shape, f"nothing left (output {_size(out)})"
         shape = out
     return None, shape, None
 
 
+def _dims(shape) -> list[int]:
+    """The sizes in a shape, or in a tuple of shapes (a fan-out's branches)."""
+    return [d for s in shape for d in _dims(s)] if not _is_shape(shape) else list(shape)
+
+
+def _is_shape(shape) -> bool:
+    return not any(isinstance(d, (tuple, list)) for d in shape)
+
+
 def _size(shape) -> str:
+    if not _is_shape(shape):
+        return "(" + ", ".join(map(_size, shape)) + ")"
     return "x".join(map(str, shape)) or "scalar"
 
 
