@@ -140,10 +140,8 @@ def _build(node, source: str, W_init, *, nested: bool) -> L.Layer:
         if args or kwargs:
             raise SpecError(f"{where}{name} takes no arguments: write {name!r}")
         return entry
-    if W_init is not None and "W_init" in inspect.signature(entry).parameters:
-        kwargs["W_init"] = W_init
     try:
-        return entry(*args, **kwargs)
+        return entry(*args, **_with_initializer(entry, args, kwargs, W_init))
     except Exception as error:  # noqa: BLE001  (a factory's own check, or the call's TypeError)
         named = isinstance(error, (TypeError, ValueError))  # their messages name the layer
         kind = "" if named else f"{type(error).__name__}: "
@@ -163,9 +161,22 @@ def _call_parts(node, source: str):
     for keyword in node.keywords:
         if keyword.arg is None:
             raise SpecError("**keywords: give each keyword argument")
-        if keyword.arg.endswith("_init"):
-            raise SpecError(f"{keyword.arg}: initialisers are set by config.model.init")
     return node.func.id, node.args, node.keywords
+
+
+def _with_initializer(entry, args, kwargs, W_init) -> dict:
+    """kwargs plus W_init where the factory takes one; the spec may not give initialisers."""
+    signature = inspect.signature(entry)
+    try:
+        given = signature.bind_partial(*args, **kwargs).arguments
+    except TypeError:
+        return kwargs  # the call reports it, in Python's words
+    initialisers = [name for name in given if name.endswith("_init")]
+    if initialisers:
+        raise SpecError(f"{', '.join(initialisers)}: initialisers are set by config.model.init")
+    if W_init is None or "W_init" not in signature.parameters:
+        return kwargs
+    return {**kwargs, "W_init": W_init}
 
 
 def _lookup(name: str):

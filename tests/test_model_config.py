@@ -175,6 +175,7 @@ def _specs_error(*specs):
         (("dense",), "'dense': Dense() missing 1 required positional argument: 'out_features'"),
         (("dense(0)",), "'dense(0)': Dense out_features must be a positive int, got 0"),
         (("dense(4, W_init=1)",), "W_init: initialisers are set by config.model.init"),
+        (("dense(4, 3)",), "'dense(4, 3)': W_init: initialisers are set by config.model.init"),
         (
             ("serial(flatten, conv2d(4, 3, windw=2))",),
             "config.model.layers[0] = 'serial(flatten, conv2d(4, 3, windw=2))': in "
