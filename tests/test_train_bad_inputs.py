@@ -109,6 +109,55 @@ FLAG_CASES = [
         2,
         "not found (nothing is downloaded)",
     ),
+    (["--config.model.kind=layers"], 2, "config.model.kind='layers' needs config.model.layers"),
+    (["--config.model.layers=flatten"], 2, "config.model.layers is set, but config.model.kind"),
+    (
+        ["--config.model.kind=layers", "--config.model.layers=('flatten', 'dens(8)')"],
+        2,
+        "config.model.layers[1] = 'dens(8)': unknown layer 'dens'; did you mean 'dense'?",
+    ),
+    (
+        ["--config.model.kind=layers", "--config.model.layers=('conv2d(4, windw=3)',)"],
+        2,
+        "config.model.layers[0] = 'conv2d(4, windw=3)': Conv2D() got an unexpected keyword "
+        "argument 'windw'",
+    ),
+    (
+        ["--config.model.kind=layers", "--config.model.layers=('flatten', 'dense(8')"],
+        2,
+        "config.model.layers[1] = 'dense(8': not a layer spec: '(' was never closed",
+    ),
+    (
+        ["--config.model.kind=layers", "--config.model.layers=('flatten', 'dense(2**3)')"],
+        2,
+        "config.model.layers[1] = 'dense(2**3)': argument 2**3 is not a literal",
+    ),
+    (
+        ["--config.model.kind=layers", "--config.model.layers=('conv2d(4, 3)', 'dense(8)')"],
+        2,
+        "config.model.layers[1] = 'dense(8)' gets input 6x6x4 (from 8x8x1 inputs): ValueError: "
+        "Dense expects a flat input shape (d,), got (6, 6, 4); add 'flatten' before it",
+    ),
+    (
+        ["--config.model.kind=layers", "--config.model.layers=conv2d(4, 3)"],
+        2,
+        "config.model.layers[0] = 'conv2d(4, 3)' gives 6x6x4 outputs, which the output layer",
+    ),
+    (
+        ["--config.model.kind=builder", "--config.model.builder=nocolon"],
+        2,
+        "config.model.builder='nocolon': expected 'module.path:function'",
+    ),
+    (
+        ["--config.model.kind=builder", "--config.model.builder=no_such_module_xyz:net"],
+        2,
+        "cannot import no_such_module_xyz: ModuleNotFoundError: No module named",
+    ),
+    (
+        ["--config.model.kind=builder", "--config.model.builder=jaxnet.models:no_such_net"],
+        2,
+        "config.model.builder='jaxnet.models:no_such_net': jaxnet.models has no function",
+    ),
     (["--mode=bogus"], 2, "mode"),
     (["--nonexistent_flag=1"], 2, "nonexistent_flag"),
     (["positional"], 2, "unexpected arguments"),
@@ -132,6 +181,23 @@ CONFIG_FILES = {  # file text, expected text
         "from jaxnet.training.config import base_config\n\ndef get_config():\n"
         "    c = base_config()\n    c.epochs = 'ten'\n    return c\n",
         "get_config() raised (line 5)",
+    ),
+}
+
+
+BUILDER_FILES = {  # builder file text, expected text
+    "builder_raises.py": (
+        "def net(model_config, num_classes):\n    raise RuntimeError('no net')\n",
+        "net(model_config, num_classes) raised RuntimeError: no net",
+    ),
+    "builder_list.py": (
+        "def net(model_config, num_classes):\n    return []\n",
+        "net(model_config, num_classes) returned a list, not a jaxnet Layer",
+    ),
+    "builder_five.py": (
+        "from jaxnet import layers as L\n\ndef net(model_config, num_classes):\n"
+        "    return L.serial(L.Flatten, L.Dense(5))\n",
+        "builder_five.py:net' gives 5 outputs: expected 10 logits",
     ),
 }
 
@@ -172,6 +238,11 @@ def _cases(tmp_path):
         cases.append(
             (name, [f"--config={path}", *TINY], str(tmp_path / f"w-{name}"), None, 2, text)
         )
+    for name, (source, text) in BUILDER_FILES.items():
+        path = tmp_path / name
+        path.write_text(source)
+        flags = ["--config.model.kind=builder", f"--config.model.builder={path}:net"]
+        cases.append((name, TINY + flags, str(tmp_path / f"w-{name}"), None, 2, text))
     missing, folder = str(tmp_path / "missing.py"), str(tmp_path)
     cases.append(
         ("missing file", [f"--config={missing}"], None, None, 2, "missing.py does not exist")

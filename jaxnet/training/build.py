@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxnet import activations, losses, models, optim, precision
-from jaxnet.layers import init_state
+from jaxnet import layers as L
 from jaxnet.training.steps import TrainState, Variables
 
 OUTPUT_ACTIVATIONS = {
@@ -162,7 +162,7 @@ def _init_fn(model, optimizer, input_shape):
     def init(key):
         init_key, dropout_key = jax.random.split(key)
         _, params = model.init(init_key, input_shape)
-        model_state = init_state(model, input_shape)
+        model_state = L.init_state(model, input_shape)
         step = jnp.zeros([], jnp.int32)
         return TrainState(step, params, optimizer.init(params), dropout_key, model_state)
 
@@ -182,32 +182,111 @@ def steps_per_epoch(config, num_examples: int) -> int:
 
 
 def network_problem(config, dataset) -> str | None:
-    """Why the config's network cannot take the dataset's inputs (naming the keys), or None."""
-    model = models.build_model(config.model, dataset.num_classes)
-    shape = input_shape = tuple(dataset.input_shape)
-    for index, layer in enumerate(model.spec["layers"]):
-        out = []  # the output shape, a Python tuple that eval_shape would turn into arrays
+    """Why the config's network cannot take the dataset's inputs (naming the keys), or None.
+
+    Each layer is traced on its input shape with eval_shape, so nothing is computed.
+    """
+    m, shape, classes = config.model, tuple(dataset.input_shape), dataset.num_classes
+    try:
+        if m.kind == "layers":
+            return _layers_problem(m, shape, classes)
+        if m.kind == "builder":
+            return _builder_problem(m, shape, classes)
+        return _kind_problem(m, shape, classes)
+    except models.SpecError as error:
+        return str(error)
+
+
+def _first_misfit(stack, shape):
+    """(index, its input shape, problem) of the first layer that cannot take its input, else
+    (None, the output shape, None)."""
+    for index, layer in enumerate(stack):
         try:
-            jax.eval_shape(lambda k, s=shape, lay=layer: out.append(lay.init(k, s)[0]), _KEY)
+            out = tuple(L.output_shape(layer, shape))
         except Exception as error:  # noqa: BLE001  (any layer error is a network that does not fit)
-            problem = f"{type(error).__name__}: {str(error).splitlines()[0]}"
-            return _misfit(config, input_shape, index, layer, shape, problem)
-        shape = tuple(out[0])
-        if any(d < 1 for d in shape):
-            return _misfit(config, input_shape, index, layer, shape, "nothing left")
+            return index, shape, f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+        if any(d < 1 for d in _dims(out)):
+            return index, shape, f"nothing left (output {_size(out)})"
+        shape = out
+    return None, shape, None
+
+
+def _dims(shape) -> list[int]:
+    """The sizes in a shape, or in a tuple of shapes (a fan-out's branches)."""
+    return [d for s in shape for d in _dims(s)] if not _is_shape(shape) else list(shape)
+
+
+def _is_shape(shape) -> bool:
+    return not any(isinstance(d, (tuple, list)) for d in shape)
+
+
+def _size(shape) -> str:
+    if not _is_shape(shape):
+        return "(" + ", ".join(map(_size, shape)) + ")"
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def _input_kind(shape) -> str:
+    return {1: "a (d,) vector", 2: "an (L, C) sequence", 3: "an (H, W, C) image"}.get(
+        len(shape), f"of rank {len(shape)}"
+    )
+
+
+def _in_spec_words(problem: str) -> str:
+    """A layer's hint in the spelling of layer specs."""
+    return problem.replace("add Flatten() before it", "add 'flatten' before it")
+
+
+def _layers_problem(m, input_shape, classes) -> str | None:
+    stack = models.spec_layers(m)
+    index, shape, problem = _first_misfit(stack, input_shape)
+    if problem:
+        origin = f" (from {_size(input_shape)} inputs)" if index else ""
+        return (
+            f"config.model.layers[{index}] = {m.layers[index]!r} gets input {_size(shape)}"
+            f"{origin}: {_in_spec_words(problem)}"
+        )
+    problem = _first_misfit(models.head(m, classes), shape)[2]
+    if problem:
+        return (
+            f"config.model.layers[{len(stack) - 1}] = {m.layers[-1]!r} gives {_size(shape)} "
+            f"outputs, which the output layer dense({classes}) after it cannot take: "
+            f"{_in_spec_words(problem)}"
+        )
     return None
 
 
-_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
+def _builder_problem(m, input_shape, classes) -> str | None:
+    network = models.build_model(m, classes)
+    stack = network.spec["layers"] if network.name == "serial" else [network]
+    index, shape, problem = _first_misfit(stack, input_shape)
+    where = f"config.model.builder={m.builder!r}"
+    if problem:
+        return (
+            f"{where} gives a network that does not fit {_size(input_shape)} inputs: layer "
+            f"{index + 1} ({stack[index].name}) gets {_size(shape)}: {problem}"
+        )
+    if shape != (classes,):
+        return f"{where} gives {_size(shape)} outputs: expected {classes} logits (num_classes)"
+    return None
 
 
-def _misfit(config, input_shape, index, layer, shape, problem) -> str:
-    m = config.model
-    keys = f"model.kind={m.kind!r}, model.channels={tuple(m.channels)}"
-    size = "x".join(map(str, input_shape))
+def _kind_problem(m, input_shape, classes) -> str | None:
+    stack = models.build_model(m, classes).spec["layers"]
+    index, shape, problem = _first_misfit(stack, input_shape)
+    if not problem:
+        return None
+    channels = f", model.channels={tuple(m.channels)}" if m.kind in models.CONV_BLOCK_KINDS else ""
+    keys, size = f"config.model.kind={m.kind!r}{channels}", _size(input_shape)
+    if index == 0:  # the inputs themselves are of the wrong kind, not too small
+        return (
+            f"{keys} cannot take the dataset's {size} inputs ({_input_kind(input_shape)}): "
+            f"{problem}; use model.kind='mlp', or model.kind='layers' with layers for them"
+        )
+    advice = "fewer or smaller blocks, or model.kind='mlp'" if channels else "model.kind='cnn'"
     return (
-        f"config.{keys} does not fit {size} inputs: layer {index + 1} ({layer.name}) gets "
-        f"{shape} ({problem}); use fewer or smaller blocks, or model.kind='mlp'"
+        f"{keys} does not fit {size} inputs: layer {index + 1} ({stack[index].name}) gets "
+        f"{shape} ({problem}); use {advice}"
     )
 
 

@@ -95,6 +95,16 @@ def _mirror(v):
     return "expected '' or a URL starting with http:// or https://"
 
 
+def _layer_specs(v):
+    if not isinstance(v, (tuple, list)) or not all(isinstance(spec, str) for spec in v):
+        return "expected a tuple of layer-spec strings, such as ('flatten', 'dense(128)', 'relu')"
+    return None
+
+
+LAYER_SPECS = Check(
+    f"a tuple of specs such as 'conv2d(32, 3, padding=\"same\")' of: {', '.join(models.LAYERS)}",
+    _layer_specs,
+)
 BOOLEAN = Check("True | False", lambda v: None if isinstance(v, bool) else "expected True/False")
 TEXT = Check("a string", lambda v: None if isinstance(v, str) else "expected a string")
 MIRROR = Check("'' (the official sites) or an http:// or https:// URL", _mirror)
@@ -151,7 +161,21 @@ def _data_and_model_keys() -> dict[str, Key]:
             Check("a fraction in [0, 1) or a count >= 1", _validation_size),
             "held out of the training split",
         ),
-        "model.kind": Key("cnn", choice(models.NETWORKS), "the network"),
+        "model.kind": Key(
+            "cnn", choice(models.KINDS), "the network: a fixed kind, model.layers or model.builder"
+        ),
+        "model.layers": Key(
+            (),
+            LAYER_SPECS,
+            "kind=layers: the layers as Python calls, nested for combinators; the output "
+            "dense(num_classes) (and model.dropout) is appended",
+        ),
+        "model.builder": Key(
+            "",
+            TEXT,
+            "kind=builder: 'module.path:function' or 'path/file.py:function', called as "
+            "function(model_config, num_classes) -> the whole network (a Layer)",
+        ),
         "model.hidden": Key((128,), widths(nonempty=False), "widths of the dense hidden layers"),
         "model.channels": Key((32, 64), widths(nonempty=False), "maps per conv block (cnn)"),
         "model.activation": Key("relu", choice(models.ACTIVATIONS), "hidden activation"),
@@ -296,17 +320,44 @@ def _check_combinations(config) -> None:
             f"config.loss={config.loss!r} needs config.model.output_activation in {outputs}, "
             f"got {config.model.output_activation!r}"
         )
-    if config.model.kind in ("cnn", "cifar_cnn") and not config.model.channels:
-        raise ConfigError(
-            f"config.model.channels=() gives model.kind={config.model.kind!r} no conv block: "
-            "give at least one width, or use model.kind='mlp'"
-        )
+    _check_model(config.model)
     s = config.schedule
     if s.name == "cosine" and s.warmup_epochs >= config.epochs:
         raise ConfigError(
             f"config.schedule.warmup_epochs={s.warmup_epochs} leaves no epoch of cosine decay "
             f"in config.epochs={config.epochs}: use fewer warm-up epochs"
         )
+
+
+def _check_model(m) -> None:
+    """The model keys together; layer specs are parsed and a builder imported (no data needed)."""
+    if m.kind in models.CONV_BLOCK_KINDS and not m.channels:
+        raise ConfigError(
+            f"config.model.channels=() gives model.kind={m.kind!r} no conv block: "
+            "give at least one width, or use model.kind='mlp'"
+        )
+    for kind in ("layers", "builder"):  # each key is used by the kind of its name only
+        if m[kind] and m.kind != kind:
+            raise ConfigError(
+                f"config.model.{kind} is set, but config.model.kind={m.kind!r}: set "
+                f"model.kind={kind!r} to use it, or clear model.{kind}"
+            )
+    if m.kind == "layers" and not m.layers:
+        raise ConfigError(
+            "config.model.kind='layers' needs config.model.layers, such as "
+            "('flatten', 'dense(128)', 'relu')"
+        )
+    if m.kind == "builder" and not m.builder:
+        raise ConfigError(
+            "config.model.kind='builder' needs config.model.builder='module.path:function'"
+        )
+    try:
+        if m.kind == "layers":
+            models.spec_layers(m)
+        if m.kind == "builder":
+            models.builder_function(m.builder)
+    except models.SpecError as error:
+        raise ConfigError(str(error)) from None
 
 
 def describe(config=None) -> str:
