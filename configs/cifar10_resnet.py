@@ -14,8 +14,8 @@ def get_config():
     config = base_config()
     config.dataset.name = "cifar10"
     config.model.kind = "layers"
-    augment = ("random_crop(4)", "random_flip")
-    config.model.layers = augment + stage(64) + stage(128) + stage(256) + ("global_avg_pool",)
+    augment = ("randomcrop(4)", "randomflip")
+    config.model.layers = augment + stage(64) + stage(128) + stage(256) + ("globalavgpool",)
     config.model.init = "he"
     config.optimizer.name = "nesterov"
     config.optimizer.learning_rate = 0.1

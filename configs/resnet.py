@@ -19,7 +19,7 @@ def get_config():
     config.dataset.name = "fashion_mnist"
     config.dataset.validation_size = 5000
     config.model.kind = "layers"
-    config.model.layers = stage(32) + stage(64) + ("global_avg_pool",)
+    config.model.layers = stage(32) + stage(64) + ("globalavgpool",)
     config.model.init = "he"
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 3e-3

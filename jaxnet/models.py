@@ -80,7 +80,7 @@ NETWORKS = {"mlp": _mlp, "cnn": _cnn, "lenet": _lenet, "cifar_cnn": _cifar_cnn}
 CONV_BLOCK_KINDS = ("cnn", "cifar_cnn")  # the kinds whose conv blocks model.channels sets
 KINDS = (*NETWORKS, "layers", "builder")
 
-# What a layer spec may name: a factory (called with the spec's arguments) or a Layer (named
+# What a layer spec may name, each by its jaxnet name in lower case: a factory (called with the spec's arguments) or a Layer (named
 # bare). Factories with a W_init argument get model.init's initialiser.
 LAYERS = {
     "dense": L.Dense,
@@ -97,18 +97,18 @@ LAYERS = {
     "serial": L.serial,
     "reshape": L.Reshape,
     "conv1d": L.Conv1D,
-    "global_avg_pool": L.GlobalAvgPool,
-    "layer_norm": L.LayerNorm,
+    "globalavgpool": L.GlobalAvgPool,
+    "layernorm": L.LayerNorm,
     "batchnorm": L.BatchNorm,
     "elman": L.Elman,
     "gru": L.GRU,
-    "fan_out": L.FanOut,
-    "fan_in_sum": L.FanInSum,
-    "fan_in_concat": L.FanInConcat,
+    "fanout": L.FanOut,
+    "faninsum": L.FanInSum,
+    "faninconcat": L.FanInConcat,
     "parallel": L.parallel,
     "residual": L.Residual,
-    "random_crop": L.RandomCrop,
-    "random_flip": L.RandomFlip,
+    "randomcrop": L.RandomCrop,
+    "randomflip": L.RandomFlip,
 }
 
 
