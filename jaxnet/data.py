@@ -76,6 +76,7 @@ __all__ = [
     "STANDARDIZE",
     "Split",
     "Standardization",
+    "describe_dataset",
     "load_dataset",
     "parse_idx",
     "read_idx",
@@ -407,15 +408,7 @@ class Dataset:
 
     def describe(self) -> dict:
         """What the dataset is, as JSON-ready values (summary.json's "dataset")."""
-        return {
-            "name": self.name,
-            "source": self.source,
-            "file": self.file,
-            "standardize": self.standardization.method,
-            "input_shape": list(self.input_shape),
-            "num_classes": self.num_classes,
-            "examples": {split: len(getattr(self, split)) for split in _SPLITS},
-        }
+        return describe_dataset(self)
 
     @classmethod
     def from_arrays(
@@ -476,10 +469,28 @@ class Dataset:
         (log or (lambda *_: None))(
             f"npz: read {shown}: {len(dataset.train)} train + {len(dataset.validation)} "
             f"validation ({held}), {len(dataset.test)} test; "
-            f"{_shape_text(dataset.input_shape)}, {dataset.num_classes} classes; "
+            f"examples {_shape_text(dataset.input_shape)}, {dataset.num_classes} classes; "
             f"{dataset.standardization.describe()}"
         )
         return dataset
+
+
+def describe_dataset(dataset) -> dict:
+    """Name, source, file, standardisation, example shape, classes and split sizes, for JSON.
+
+    `dataset` is a Dataset or any object with its name, source, splits, num_classes and
+    input_shape (a missing standardization counts as "none", a missing file as None).
+    """
+    standardization = getattr(dataset, "standardization", None)
+    return {
+        "name": dataset.name,
+        "source": dataset.source,
+        "file": getattr(dataset, "file", None),
+        "standardize": standardization.method if standardization is not None else "none",
+        "input_shape": [int(d) for d in dataset.input_shape],
+        "num_classes": int(dataset.num_classes),
+        "examples": {split: len(getattr(dataset, split).labels) for split in _SPLITS},
+    }
 
 
 # ----------------------------------------------------------------------------- a user's arrays
@@ -1104,7 +1115,7 @@ def load_dataset(
     )
     log(
         f"{name}: using {source.description}: {len(train)} train + {len(validation)} validation "
-        f"(seed {seed}) of {n}, {len(dataset.test)} test; {_shape_text(dataset.input_shape)}, "
-        f"{num_classes} classes; {fitted.describe()}"
+        f"(seed {seed}) of {n}, {len(dataset.test)} test; examples "
+        f"{_shape_text(dataset.input_shape)}, {num_classes} classes; {fitted.describe()}"
     )
     return dataset
