@@ -610,7 +610,9 @@ def _read_npz(path: str) -> dict:
         npz = np.load(
             os.fspath(found) if local else io.BytesIO(found.read_bytes()), allow_pickle=False
         )
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+    except OSError as error:
+        raise ValueError(f"{shown}: cannot be read: {paths.reason(error)}") from None
+    except (ValueError, EOFError, zipfile.BadZipFile) as error:
         reason = "empty" if isinstance(error, EOFError) else "not a zip archive of .npy arrays"
         raise ValueError(
             f"{shown}: not an npz file ({reason}): save one with np.savez(FILE, "
