@@ -1,6 +1,10 @@
 """Datasets as numpy arrays on the host.
 
-MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's digits, and a synthetic problem.
+MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's digits, a synthetic problem, and a user's own
+arrays: `Dataset.from_arrays(x_train, y_train, x_test, y_test)` in Python, or
+`Dataset.from_npz(FILE)` for an npz file holding those arrays (train.py's
+--config.dataset.name=npz --config.dataset.path=FILE). Examples may have any shape (N, ...):
+vectors (N, d), sequences (N, T, C), images (N, H, W, C).
 `load_dataset(name)` tries a fixed list of sources for each name, in order; local data always
 comes first, and only `download=True` (train.py's default) reaches for the network:
 
@@ -21,9 +25,18 @@ comes first, and only `download=True` (train.py's default) reaches for the netwo
 5. 'synthetic': class prototype images plus Gaussian noise, generated from the seed.
 
 If no source has the data, `DatasetNotFoundError` is raised. Its message lists every place
-looked (and why the download failed) and says how to get the data. Images are float32 in [0, 1],
-in NHWC layout; labels are int32 in [0, num_classes). The validation split is held out of the
+looked (and why the download failed) and says how to get the data. By default the built-in
+datasets' images are float32 in [0, 1] (divided by the format's maximum, 255; 16 for digits), in
+NHWC layout; labels are int32 in [0, num_classes). The validation split is held out of the
 training split with a permutation drawn from `seed`. The test split is never touched.
+
+Standardisation happens in one place, a `Standardization` kept on the Dataset so that new raw
+inputs can be prepared the same way (`dataset.standardization.apply(x)`; the trainer saves it in
+the workdir): "none" leaves the inputs as they are, "unit" divides them by the training split's
+largest absolute value, "standard" subtracts the training split's mean and divides by its
+standard deviation, per element of the example shape (a deviation of 0 counts as 1). Statistics
+come from the training split only (after the validation split is held out) and are applied to
+every split.
 
 Labels are checked where data enters: each source's files (naming the file and the first bad
 label), every `Split` (an integer dtype, finite images of a real dtype) and every `Dataset`,
@@ -36,9 +49,11 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import math
 import os
 import re
+import zipfile
 import zlib
 from collections.abc import Callable
 from typing import NamedTuple
@@ -57,13 +72,20 @@ __all__ = [
     "DATASETS",
     "Dataset",
     "DatasetNotFoundError",
+    "FILE_DATASETS",
+    "STANDARDIZE",
     "Split",
+    "Standardization",
+    "describe_dataset",
     "load_dataset",
     "parse_idx",
     "read_idx",
 ]
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits", "synthetic")
+# Datasets that are a user's file, not a name load_dataset knows: train.py reads them from
+# --config.dataset.path.
+FILE_DATASETS = ("npz",)
 
 # Directories searched for IDX files after `data_dir` (tests monkeypatch this).
 SYSTEM_DIRS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",)}
@@ -133,11 +155,11 @@ class DatasetNotFoundError(FileNotFoundError):
 _SPLITS = ("train", "validation", "test")
 
 
-def _split_images(images, who: str) -> np.ndarray:
-    """Images as float32, or ValueError unless they are finite numbers of a real (or bool) dtype."""
+def _split_images(images, who: str, name: str = "images") -> np.ndarray:
+    """Inputs as float32, or ValueError unless they are finite numbers of a real (or bool) dtype."""
     if images.dtype.kind not in "biuf":
         raise ValueError(
-            f"{who}images have dtype {images.dtype}: expected real numbers (float, int or bool)"
+            f"{who}{name} have dtype {images.dtype}: expected real numbers (float, int or bool)"
         )
     with np.errstate(over="ignore"):  # a float64 beyond float32's range: reported below
         out = np.asarray(images, np.float32)
@@ -145,13 +167,13 @@ def _split_images(images, who: str) -> np.ndarray:
     if images.dtype.kind == "f" and out.size and not np.isfinite([out.min(), out.max()]).all():
         where = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
         raise ValueError(
-            f"{who}images[{', '.join(map(str, where))}] = {images[where].item()} is not a finite "
+            f"{who}{name}[{', '.join(map(str, where))}] = {images[where].item()} is not a finite "
             "float32: expected finite real numbers"
         )
     return out
 
 
-def _split_labels(labels, who: str, expected: str) -> np.ndarray:
+def _split_labels(labels, who: str, expected: str, name: str = "labels") -> np.ndarray:
     """Labels as int32, or ValueError naming the first label if their dtype is not an integer one.
 
     Integer labels are checked to fit in int32 before the cast; floats and bools are refused,
@@ -168,40 +190,151 @@ def _split_labels(labels, who: str, expected: str) -> np.ndarray:
             if outside.any():
                 i = int(np.argmax(outside))
                 raise ValueError(
-                    f"{who}labels[{i}] = {labels[i]} does not fit in int32: expected {expected}"
+                    f"{who}{name}[{i}] = {labels[i]} does not fit in int32: expected {expected}"
                 )
         return labels.astype(np.int32, copy=False)
     if labels.size == 0:
         if kind in "bf":
             return labels.astype(np.int32)
-        raise ValueError(f"{who}labels have dtype {labels.dtype}: expected {expected}")
+        raise ValueError(f"{who}{name} have dtype {labels.dtype}: expected {expected}")
     i = 0
     if kind == "f":  # name the first label that is not a whole number, if any is not
         whole = np.isfinite(labels) & (labels == np.round(labels))
         i = int(np.argmax(~whole))
     raise ValueError(
-        f"{who}labels[{i}] = {labels[i].item()!r} has dtype {labels.dtype}: expected {expected}"
+        f"{who}{name}[{i}] = {labels[i].item()!r} has dtype {labels.dtype}: expected {expected}"
     )
 
 
 def _split_arrays(images, labels, who: str, expected: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images float32, labels int32) of one split, or ValueError whose message starts with who."""
+    """(inputs float32, labels int32) of one split, or ValueError whose message starts with who."""
     images, labels = np.asarray(images), np.asarray(labels)
-    if images.ndim != 4 or labels.shape != images.shape[:1]:
+    if images.ndim < 1 or labels.shape != images.shape[:1]:
         raise ValueError(
-            f"{who}needs images (N, H, W, C) and labels (N,); got {images.shape} and {labels.shape}"
+            f"{who}needs examples (N, ...) and labels (N,); got {images.shape} and {labels.shape}"
         )
     return _split_images(images, who), _split_labels(labels, who, expected)
 
 
+def _shape_text(shape) -> str:
+    """'28x28x1' for an example shape; 'scalar' for ()."""
+    return "x".join(map(str, shape)) or "scalar"
+
+
+# --------------------------------------------------------------------------- standardisation
+
+STANDARDIZE = ("none", "unit", "standard")
+
+
+def _frozen(value) -> np.ndarray:
+    out = np.array(value, np.float32)
+    out.flags.writeable = False
+    return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Standardization:
+    """x -> (x - shift) / scale in float32, shift and scale of shape () or the example shape.
+
+    `fit(method, x_train)` draws them from a training split; `apply(x)` prepares any inputs,
+    a batch (N, ...) or one example, the same way; `save(path)` and `load(path)` keep them in an
+    npz file (local or gs://, through jaxnet.paths).
+    """
+
+    method: str  # "none", "unit" or "standard": how shift and scale were drawn
+    shift: np.ndarray = dataclasses.field(default_factory=lambda: _frozen(0.0))
+    scale: np.ndarray = dataclasses.field(default_factory=lambda: _frozen(1.0))
+
+    def __post_init__(self):
+        if self.method not in STANDARDIZE:
+            raise ValueError(
+                f"Standardization method={self.method!r} is not allowed: use one of {STANDARDIZE}"
+            )
+        shift, scale = _frozen(self.shift), _frozen(self.scale)
+        if shift.shape not in ((), scale.shape) or not (
+            np.isfinite(shift).all() and np.isfinite(scale).all() and (scale != 0).all()
+        ):
+            raise ValueError(
+                f"Standardization needs finite shift and non-zero finite scale of one shape; "
+                f"got shapes {shift.shape} and {scale.shape}"
+            )
+        object.__setattr__(self, "shift", shift)
+        object.__setattr__(self, "scale", scale)
+
+    @classmethod
+    def fit(cls, method: str, x_train) -> Standardization:
+        """The statistics `method` draws from the training inputs x_train (N, ...).
+
+        unit: scale = max |x| (0 -> 1); standard: shift = the mean and scale = the standard
+        deviation over the N examples, per element (computed in float64; 0 -> 1).
+        """
+        if method not in STANDARDIZE:
+            raise ValueError(
+                f"standardize={method!r} is not allowed: use one of {', '.join(STANDARDIZE)}"
+            )
+        x = np.asarray(x_train)
+        if method == "none":
+            return cls("none")
+        if method == "unit":
+            # max |x| from the extremes: no copy, and no overflow of abs(int8(-128))
+            top = max(abs(float(x.max())), abs(float(x.min()))) if x.size else 0.0
+            return cls("unit", 0.0, top or 1.0)
+        mean = np.mean(x, axis=0, dtype=np.float64).astype(np.float32)
+        deviation = np.std(x, axis=0, dtype=np.float64).astype(np.float32)
+        deviation[deviation == 0] = 1  # a constant feature is shifted, not blown up
+        return cls("standard", mean, deviation)
+
+    def apply(self, x) -> np.ndarray:
+        """(x - shift) / scale in float32; x is a batch (N, *shape) or one example.
+
+        A new array, except that "none" returns x itself when it is float32 already.
+        """
+        out = np.asarray(x, np.float32) if self.method == "none" else np.array(x, np.float32)
+        tail = self.scale.shape
+        if out.ndim < len(tail) or out.shape[out.ndim - len(tail) :] != tail:
+            raise ValueError(
+                f"Standardization ({self.method}) of examples {_shape_text(tail)} cannot take "
+                f"inputs of shape {out.shape}"
+            )
+        if self.method != "none":
+            out -= self.shift
+            out /= self.scale
+        return out
+
+    def describe(self) -> str:
+        """What apply does, in words."""
+        if self.method == "none":
+            return "inputs as given"
+        if self.method == "unit":
+            return f"inputs divided by {float(self.scale):g}"
+        return "inputs standardised per element by the training split's mean and deviation"
+
+    def save(self, path) -> None:
+        """The method, shift and scale as an npz file at `path` (local or remote)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, method=np.array(self.method), shift=self.shift, scale=self.scale)
+        paths.path(path).write_bytes(buffer.getvalue())
+
+    @classmethod
+    def load(cls, path) -> Standardization:
+        """The Standardization `save` wrote at `path`; ValueError naming the file if it is not."""
+        try:
+            with np.load(io.BytesIO(paths.path(path).read_bytes()), allow_pickle=False) as saved:
+                return cls(str(saved["method"]), saved["shift"], saved["scale"])
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile) as error:
+            problem = " ".join(str(error).split())
+            raise ValueError(f"{path}: not a saved Standardization: {problem}") from None
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Split:
-    """Images (N, H, W, C) float32 and labels (N,) int32.
+    """Examples (N, ...) float32 and labels (N,) int32.
 
-    Images of any real or bool dtype are cast to float32 (`load_dataset` scales them to [0, 1]);
-    other dtypes, and float values that are NaN or infinite, raise ValueError. Labels must have an
-    integer dtype, and are cast to int32 once checked to fit: float or bool labels raise ValueError
-    rather than being truncated. Whether they are in [0, num_classes) is checked by `Dataset`.
+    The examples (`images`, whatever their shape: (N, d), (N, T, C), (N, H, W, C)) of any real
+    or bool dtype are cast to float32; other dtypes, and float values that are NaN or infinite,
+    raise ValueError. Labels must have an integer dtype, and are cast to int32 once checked to
+    fit: float or bool labels raise ValueError rather than being truncated. Whether they are in
+    [0, num_classes) is checked by `Dataset`.
     """
 
     images: np.ndarray
@@ -223,7 +356,9 @@ class Dataset:
     Building one checks every split's labels are in [0, num_classes), or raises ValueError naming
     the split and the first bad label: "Dataset 'toy': train labels[17] = 12 is out of range:
     expected integers in [0, 10)". A split may be a `Split` or any object with `images` and
-    `labels`, which becomes a Split (its errors then name the split too).
+    `labels`, which becomes a Split (its errors then name the split too). `standardization` is
+    what was applied to the splits' inputs (apply it to new raw inputs); `file` is the file the
+    arrays were read from, if one was (`from_npz`).
     """
 
     name: str
@@ -233,12 +368,21 @@ class Dataset:
     validation: Split
     test: Split
     num_classes: int
+    standardization: Standardization = dataclasses.field(
+        default_factory=lambda: Standardization("none")
+    )
+    file: str | None = None
 
     def __post_init__(self):
         k = self.num_classes
         if not (_is_count(k) and k >= 1):
             raise ValueError(
                 f"Dataset {self.name!r}: num_classes={k!r} is not allowed: use an int >= 1"
+            )
+        if not isinstance(self.standardization, Standardization):
+            raise TypeError(
+                f"Dataset {self.name!r}: standardization is a "
+                f"{type(self.standardization).__name__}: expected a Standardization"
             )
         expected = f"integers in [0, {k})"
         for split in _SPLITS:
@@ -259,8 +403,252 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """(H, W, C): the shape of one image."""
+        """The shape of one example: (d,), (T, C), (H, W, C), ..."""
         return tuple(int(d) for d in self.train.images.shape[1:])
+
+    def describe(self) -> dict:
+        """What the dataset is, as JSON-ready values (summary.json's "dataset")."""
+        return describe_dataset(self)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        *,
+        x_val=None,
+        y_val=None,
+        validation_size: int | float = 0.1,
+        num_classes: int | None = None,
+        standardize: str | Standardization = "none",
+        seed: int = 0,
+        name: str = "arrays",
+    ) -> Dataset:
+        """A Dataset of a user's arrays: inputs x (N, ...) of a real dtype, labels y (N,) ints.
+
+        Without x_val and y_val, `validation_size` of the training split (a fraction 0 <= f < 1,
+        or a count; 0 holds nothing out) is held out with a permutation drawn from `seed`, as
+        `load_dataset` does; with them, validation_size is not used. num_classes defaults to the
+        largest label of any split + 1. `standardize` ("none", "unit", "standard", or a
+        Standardization to reuse) is fitted on the training split only and applied to every
+        split. Bad arrays raise ValueError naming the argument (x_train, y_val, ...).
+        """
+        _check_user_options(validation_size, num_classes, standardize, seed)
+        given = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+        if x_val is not None or y_val is not None:
+            given.update(x_val=x_val, y_val=y_val)
+        parts = _user_arrays(given, "Dataset.from_arrays: ", validation_size, num_classes, seed)
+        return _user_dataset(parts, standardize, name, "arrays given in Python", None)
+
+    @classmethod
+    def from_npz(
+        cls,
+        path,
+        *,
+        validation_size: int | float = 0.1,
+        num_classes: int | None = None,
+        standardize: str | Standardization = "none",
+        seed: int = 0,
+        log=None,
+    ) -> Dataset:
+        """The Dataset of the arrays in the npz file `path` (local or gs://; np.savez's output).
+
+        The file holds x_train, y_train, x_test, y_test and optionally x_val, y_val, as the
+        arguments of `from_arrays` (which the rest of the arguments go to). It is read with
+        allow_pickle=False. A missing file raises DatasetNotFoundError, any other problem a
+        ValueError naming the file and the array; `log` gets one line on what was read.
+        """
+        _check_user_options(validation_size, num_classes, standardize, seed)
+        shown = paths.shown(path)
+        given = _read_npz(os.fspath(path))
+        parts = _user_arrays(given, f"{shown}: ", validation_size, num_classes, seed)
+        dataset = _user_dataset(parts, standardize, "npz", f"the npz file {shown}", shown)
+        held = "x_val in the file" if "x_val" in given else f"held out of x_train, seed {seed}"
+        (log or (lambda *_: None))(
+            f"npz: read {shown}: {len(dataset.train)} train + {len(dataset.validation)} "
+            f"validation ({held}), {len(dataset.test)} test; "
+            f"examples {_shape_text(dataset.input_shape)}, {dataset.num_classes} classes; "
+            f"{dataset.standardization.describe()}"
+        )
+        return dataset
+
+
+def describe_dataset(dataset) -> dict:
+    """Name, source, file, standardisation, example shape, classes and split sizes, for JSON.
+
+    `dataset` is a Dataset or any object with its name, source, splits, num_classes and
+    input_shape (a missing standardization counts as "none", a missing file as None).
+    """
+    standardization = getattr(dataset, "standardization", None)
+    return {
+        "name": dataset.name,
+        "source": dataset.source,
+        "file": getattr(dataset, "file", None),
+        "standardize": standardization.method if standardization is not None else "none",
+        "input_shape": [int(d) for d in dataset.input_shape],
+        "num_classes": int(dataset.num_classes),
+        "examples": {split: len(getattr(dataset, split).labels) for split in _SPLITS},
+    }
+
+
+# ----------------------------------------------------------------------------- a user's arrays
+
+# (split, inputs, labels) as from_arrays and the npz file name them
+_USER_SPLITS = (("train", "x_train", "y_train"), ("validation", "x_val", "y_val"))
+_USER_SPLITS += (("test", "x_test", "y_test"),)
+_NPZ_REQUIRED = ("x_train", "y_train", "x_test", "y_test")
+_NPZ_EXPECTED = "x_train, y_train, x_test, y_test and optionally x_val, y_val"
+
+
+class _UserSplits(NamedTuple):
+    splits: dict  # split -> (inputs float32, labels int32), the validation split held out
+    num_classes: int
+
+
+def _check_user_options(validation_size, num_classes, standardize, seed) -> None:
+    _validation_count(validation_size)
+    if not (_is_count(seed) and seed >= 0):
+        raise ValueError(f"seed={seed!r} is not allowed: use an int >= 0")
+    if num_classes is not None and not (_is_count(num_classes) and num_classes >= 1):
+        raise ValueError(f"num_classes={num_classes!r} is not allowed: use None or an int >= 1")
+    if not isinstance(standardize, Standardization) and standardize not in STANDARDIZE:
+        raise ValueError(
+            f"standardize={standardize!r} is not allowed: use one of {', '.join(STANDARDIZE)} "
+            "or a Standardization"
+        )
+
+
+def _user_pair(x, y, names: tuple[str, str], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs float32, labels int32) of one split, or ValueError naming `where` and the array."""
+    x_name, y_name = names
+    try:
+        x, y = np.asarray(x), np.asarray(y)
+    except ValueError as error:  # ragged nested lists
+        raise ValueError(f"{where}{x_name} or {y_name} is not an array: {error}") from None
+    if x.ndim < 1:
+        raise ValueError(f"{where}{x_name} is a single number: expected examples (N, ...)")
+    if y.ndim != 1:
+        raise ValueError(f"{where}{y_name} has shape {y.shape}: expected labels (N,)")
+    if len(x) != len(y):
+        raise ValueError(f"{where}{x_name} has {len(x)} examples but {y_name} has {len(y)} labels")
+    x = _split_images(x, where, x_name)
+    y = _split_labels(y, where, "integer class indices >= 0", y_name)
+    if (y < 0).any():
+        i = int(np.argmax(y < 0))
+        raise ValueError(f"{where}{y_name}[{i}] = {y[i]} is negative: expected class indices >= 0")
+    return x, y
+
+
+def _class_count(pairs: dict, num_classes: int | None, where: str) -> int:
+    """num_classes, checked against every label; by default the largest label + 1."""
+    if num_classes is None:
+        return int(max(y.max() for _, y in pairs.values() if y.size)) + 1
+    for split, _, y_name in _USER_SPLITS:
+        y = pairs[split][1] if split in pairs else np.zeros(0, np.int32)
+        if (y >= num_classes).any():
+            i = int(np.argmax(y >= num_classes))
+            raise ValueError(
+                f"{where}{y_name}[{i}] = {y[i]} is out of range: expected integers in "
+                f"[0, {num_classes}) (num_classes={num_classes})"
+            )
+    return int(num_classes)
+
+
+def _user_arrays(given: dict, where: str, validation_size, num_classes, seed) -> _UserSplits:
+    """Every split of `given` (x_train, ... by name) checked; validation held out if not given."""
+    val = [name for name in ("x_val", "y_val") if given.get(name) is not None]
+    if len(val) == 1:
+        other = "y_val" if val == ["x_val"] else "x_val"
+        raise ValueError(f"{where}{val[0]} without {other}: give both, or neither")
+    pairs = {
+        split: _user_pair(given[x], given[y], (x, y), where)
+        for split, x, y in _USER_SPLITS
+        if given.get(x) is not None
+    }
+    if not len(pairs["train"][1]):
+        raise ValueError(f"{where}x_train has no examples: expected at least one")
+    shape = pairs["train"][0].shape[1:]
+    for split, x_name, _ in _USER_SPLITS[1:]:
+        if split in pairs and pairs[split][0].shape[1:] != shape:
+            raise ValueError(
+                f"{where}{x_name} examples have shape {pairs[split][0].shape[1:]}, x_train's "
+                f"{shape}: every split needs examples of one shape"
+            )
+    k = _class_count(pairs, num_classes, where)
+    if "validation" not in pairs:
+        x, y = pairs["train"]
+        train, validation = _holdout(len(y), validation_size, seed)
+        pairs["train"], pairs["validation"] = (x[train], y[train]), (x[validation], y[validation])
+    return _UserSplits(pairs, k)
+
+
+def _user_dataset(parts: _UserSplits, standardize, name: str, source: str, file) -> Dataset:
+    """The Dataset of checked splits, standardised by the training split's statistics."""
+    if isinstance(standardize, Standardization):
+        fitted = standardize
+    else:
+        fitted = Standardization.fit(standardize, parts.splits["train"][0])
+    splits = {s: Split(fitted.apply(x), y) for s, (x, y) in parts.splits.items()}
+    return Dataset(
+        name, source, (), num_classes=parts.num_classes, standardization=fitted, file=file, **splits
+    )
+
+
+def _read_npz(path: str) -> dict:
+    """The arrays of the npz file `path` by name; one-line errors naming the file and array."""
+    shown, found = paths.shown(path), paths.path(path)
+    if not found.exists():
+        raise DatasetNotFoundError(
+            f"{shown}: no such file: expected an npz file (np.savez) of {_NPZ_EXPECTED}"
+        )
+    if found.is_dir():
+        raise ValueError(f"{shown}: is a folder: expected an npz file (np.savez)")
+    local = not paths.is_remote(path)
+    try:
+        npz = np.load(
+            os.fspath(found) if local else io.BytesIO(found.read_bytes()), allow_pickle=False
+        )
+    except OSError as error:
+        raise ValueError(f"{shown}: cannot be read: {paths.reason(error)}") from None
+    except (ValueError, EOFError, zipfile.BadZipFile) as error:
+        reason = "empty" if isinstance(error, EOFError) else "not a zip archive of .npy arrays"
+        raise ValueError(
+            f"{shown}: not an npz file ({reason}): save one with np.savez(FILE, "
+            "x_train=..., y_train=..., x_test=..., y_test=...)"
+        ) from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"{shown}: holds a single .npy array, not an npz file of named arrays: save one with "
+            "np.savez(FILE, x_train=..., y_train=..., x_test=..., y_test=...)"
+        )
+    with npz:
+        return _npz_arrays(npz, shown)
+
+
+def _npz_arrays(npz, shown: str) -> dict:
+    names = list(npz.files)
+    for name in _NPZ_REQUIRED:
+        if name not in names:
+            have = ", ".join(names) or "no arrays"
+            raise ValueError(
+                f"{shown}: no array {name!r} (it has {have}): expected {_NPZ_EXPECTED}"
+            )
+    known = {name for _, x, y in _USER_SPLITS for name in (x, y)}
+    for name in names:
+        if name not in known:
+            raise ValueError(f"{shown}: unexpected array {name!r}: expected only {_NPZ_EXPECTED}")
+    arrays = {}
+    for name in names:
+        try:
+            arrays[name] = npz[name]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+            problem = " ".join(str(error).split())
+            if "allow_pickle" in problem:
+                problem = "it holds Python objects (dtype object): expected numbers"
+            raise ValueError(f"{shown}: {name} cannot be read: {problem}") from None
+    return arrays
 
 
 class _Skip(Exception):
@@ -542,12 +930,6 @@ def _synthetic_source(
 # ----------------------------------------------------------------------------------------- loading
 
 
-def _to_unit(images: np.ndarray, maximum: float) -> np.ndarray:
-    out = images.astype(np.float32)
-    out /= np.float32(maximum)
-    return out
-
-
 def _sources(
     name: str, data_dir: str | None, synthetic: tuple, seed: int, download: tuple | None
 ) -> list[_Source]:
@@ -616,6 +998,13 @@ def _validation_count(value, n: int | None = None) -> int:
     return count
 
 
+def _holdout(n: int, validation_size, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) sorted indices: validation_size of n held out, drawn with `seed`."""
+    held_out = _validation_count(validation_size, n)
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[held_out:]), np.sort(order[:held_out])
+
+
 def _check_synthetic(shape, classes, sizes) -> tuple:
     shape, sizes = tuple(shape), tuple(sizes)
     if len(shape) != 3 or not all(_is_count(d) and d > 0 for d in shape):
@@ -643,6 +1032,7 @@ def load_dataset(
     download: bool = False,
     cache_dir: str | None = None,
     mirror: str | None = None,
+    standardize: str = "auto",
     log=print,
 ) -> Dataset:
     """Load `name` from the first source that has it, holding out a validation split.
@@ -658,10 +1048,16 @@ def load_dataset(
     `mirror` (a URL holding NAME/FILE) or else the official site; `log` then also gets the cache
     folder and what chose it. Raises DatasetNotFoundError (a FileNotFoundError) if no source has
     the data, saying why the download failed if one was tried, and ValueError naming the file if
-    a source's labels are out of range.
+    a source's labels are out of range. `standardize` is "auto" (the images divided by their
+    format's maximum, 255 or 16 for digits: pixels in [0, 1]), or one of "none", "unit",
+    "standard" (see the module docstring), fitted on the training split once it is held out.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+    if standardize not in ("auto", *STANDARDIZE):
+        raise ValueError(
+            f"standardize={standardize!r} is not allowed: use one of auto, {', '.join(STANDARDIZE)}"
+        )
     _validation_count(validation_size)
     if not (_is_count(seed) and seed >= 0):
         raise ValueError(f"seed={seed!r} is not allowed: use an int >= 0")
@@ -700,27 +1096,28 @@ def load_dataset(
         )
 
     n = len(arrays.train_labels)
-    held_out = _validation_count(validation_size, n)
-    order = np.random.default_rng(seed).permutation(n)
-    validation, train = np.sort(order[:held_out]), np.sort(order[held_out:])
+    train, validation = _holdout(n, validation_size, seed)
     num_classes = synthetic[1] if name == "synthetic" else _NUM_CLASSES[name]
+    fitted = (
+        Standardization("unit", 0.0, arrays.maximum)
+        if standardize == "auto"
+        else Standardization.fit(standardize, arrays.train_images[train])
+    )
     dataset = Dataset(
         name=name,
         source=source.description,
         tried=tuple(tried),
-        train=Split(
-            _to_unit(arrays.train_images[train], arrays.maximum), arrays.train_labels[train]
-        ),
+        train=Split(fitted.apply(arrays.train_images[train]), arrays.train_labels[train]),
         validation=Split(
-            _to_unit(arrays.train_images[validation], arrays.maximum),
-            arrays.train_labels[validation],
+            fitted.apply(arrays.train_images[validation]), arrays.train_labels[validation]
         ),
-        test=Split(_to_unit(arrays.test_images, arrays.maximum), arrays.test_labels),
+        test=Split(fitted.apply(arrays.test_images), arrays.test_labels),
         num_classes=num_classes,
+        standardization=fitted,
     )
-    h, w, c = dataset.input_shape
     log(
         f"{name}: using {source.description}: {len(train)} train + {len(validation)} validation "
-        f"(seed {seed}) of {n}, {len(dataset.test)} test; {h}x{w}x{c}, {num_classes} classes"
+        f"(seed {seed}) of {n}, {len(dataset.test)} test; examples "
+        f"{_shape_text(dataset.input_shape)}, {num_classes} classes; {fitted.describe()}"
     )
     return dataset

@@ -80,8 +80,9 @@ NETWORKS = {"mlp": _mlp, "cnn": _cnn, "lenet": _lenet, "cifar_cnn": _cifar_cnn}
 CONV_BLOCK_KINDS = ("cnn", "cifar_cnn")  # the kinds whose conv blocks model.channels sets
 KINDS = (*NETWORKS, "layers", "builder")
 
-# What a layer spec may name, each by its jaxnet name in lower case: a factory (called with the spec's arguments) or a Layer (named
-# bare). Factories with a W_init argument get model.init's initialiser.
+# What a layer spec may name, each by its jaxnet name in lower case: a factory (called with the
+# spec's arguments) or a Layer (named bare). Factories with a W_init argument get model.init's
+# initialiser.
 LAYERS = {
     "dense": L.Dense,
     "conv2d": L.Conv2D,

@@ -605,7 +605,7 @@ def test_bad_arguments_raise_clear_errors():
         load_dataset("synthetic", synthetic_shape=(28, 28), **small)
     with pytest.raises(ValueError, match="synthetic_classes=1 is not allowed"):
         load_dataset("synthetic", synthetic_classes=1, **small)
-    with pytest.raises(ValueError, match=r"Split needs images \(N, H, W, C\) and labels \(N,\)"):
+    with pytest.raises(ValueError, match=r"Split needs examples \(N, \.\.\.\) and labels \(N,\)"):
         Split(np.zeros((3, 2, 2, 1)), np.zeros(2))
     split = Split(np.zeros((3, 2, 2, 1)), [0, 1, 2])
     assert split.images.dtype == np.float32 and split.labels.dtype == np.int32 and len(split) == 3

@@ -226,9 +226,55 @@ def _problems(case, result, expected_status, text, workdir_existed, workdir):
     return [f"{case}: {p}" for p in problems]
 
 
+def _npz_cases(tmp_path):
+    """(name, flags after TINY, text) of bad npz files and dataset.path settings."""
+    import numpy as np
+
+    x, y = np.linspace(0, 1, 40).reshape(20, 2), np.arange(20) % 3
+    good = {"x_train": x, "y_train": y, "x_test": x[:5], "y_test": y[:5]}
+    nan = x.copy()
+    nan[3, 1] = np.nan
+    negative = y.copy()
+    negative[4] = -1
+    files = {  # file name: arrays, or the text of a file that is no npz
+        "no_y_test.npz": {k: v for k, v in good.items() if k != "y_test"},
+        "lengths.npz": {**good, "y_train": y[:19]},
+        "shapes.npz": {**good, "x_test": np.zeros((5, 3))},
+        "negative.npz": {**good, "y_train": negative},
+        "nan.npz": {**good, "x_val": nan, "y_val": y},
+        "only_x_val.npz": {**good, "x_val": x},
+        "text.npz": "x_train,y_train\n1,2\n",
+    }
+    for name, content in files.items():
+        if isinstance(content, str):
+            (tmp_path / name).write_text(content)
+        else:
+            np.savez(tmp_path / name, **content)
+    npz = lambda name: ["--config.dataset.name=npz", f"--config.dataset.path={tmp_path / name}"]
+    where = lambda name: f"{tmp_path / name}: "
+    return [
+        ("npz missing", npz("missing.npz"), where("missing.npz") + "no such file"),
+        ("npz text", npz("text.npz"), where("text.npz") + "not an npz file"),
+        ("npz no y_test", npz("no_y_test.npz"), where("no_y_test.npz") + "no array 'y_test'"),
+        ("npz lengths", npz("lengths.npz"), "x_train has 20 examples but y_train has 19 labels"),
+        ("npz shapes", npz("shapes.npz"), "x_test examples have shape (3,), x_train's (2,)"),
+        ("npz negative", npz("negative.npz"), "y_train[4] = -1 is negative"),
+        ("npz nan", npz("nan.npz"), where("nan.npz") + "x_val[3, 1] = nan is not a finite"),
+        ("npz x_val", npz("only_x_val.npz"), "x_val without y_val: give both, or neither"),
+        ("npz no path", ["--config.dataset.name=npz"], "needs config.dataset.path=FILE.npz"),
+        (
+            "path for digits",
+            [f"--config.dataset.path={tmp_path / 'no_y_test.npz'}"],
+            "is only read with config.dataset.name='npz', not 'digits'",
+        ),
+    ]
+
+
 def _cases(tmp_path):
     """(name, args, workdir or None, env, expected status, text, workdir existed)."""
     cases = []
+    for name, flags, text in _npz_cases(tmp_path):
+        cases.append((name, TINY + flags, str(tmp_path / name.replace(" ", "-")), None, 2, text))
     for i, (flags, status, text) in enumerate(FLAG_CASES):
         workdir = str(tmp_path / f"flags{i}")
         cases.append((" ".join(flags), TINY + flags, workdir, None, status, text))

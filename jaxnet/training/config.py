@@ -133,7 +133,17 @@ _FACTOR = number(0.0, 1.0, low_open=True, high_open=True)
 def _data_and_model_keys() -> dict[str, Key]:
     return {
         "seed": Key(0, number(0, integer=True), "seeds the parameters, dropout and batch order"),
-        "dataset.name": Key("fashion_mnist", choice(data.DATASETS), "the dataset"),
+        "dataset.name": Key(
+            "fashion_mnist",
+            choice(data.DATASETS + data.FILE_DATASETS),
+            "the dataset; npz = your arrays in the file dataset.path",
+        ),
+        "dataset.path": Key(
+            "",
+            TEXT,
+            "name=npz: an npz file (local or gs://) of x_train, y_train, x_test, y_test "
+            "[, x_val, y_val]",
+        ),
         "dataset.data_dir": Key(
             "", TEXT, "a prepared TFDS dir or a folder of IDX files; '' = defaults", True
         ),
@@ -159,7 +169,13 @@ def _data_and_model_keys() -> dict[str, Key]:
         "dataset.validation_size": Key(
             0.1,
             Check("a fraction in [0, 1) or a count >= 1", _validation_size),
-            "held out of the training split",
+            "held out of the training split (unless the npz file has x_val, y_val)",
+        ),
+        "dataset.standardize": Key(
+            "auto",
+            choice(("auto", *data.STANDARDIZE)),
+            "auto: pixels in [0, 1] for the built-in datasets, none for npz; unit: / max |x| "
+            "of the training split; standard: its per-element mean and deviation",
         ),
         "model.kind": Key(
             "cnn", choice(models.KINDS), "the network: a fixed kind, model.layers or model.builder"
@@ -313,7 +329,21 @@ def validate(config) -> None:
         raise ConfigError(str(error)) from None
 
 
+def _check_dataset(d) -> None:
+    if d.name in data.FILE_DATASETS and not d.path:
+        raise ConfigError(
+            f"config.dataset.name={d.name!r} needs config.dataset.path=FILE.{d.name}, the file "
+            "of x_train, y_train, x_test, y_test"
+        )
+    if d.path and d.name not in data.FILE_DATASETS:
+        raise ConfigError(
+            f"config.dataset.path={d.path!r} is only read with config.dataset.name='npz', not "
+            f"{d.name!r}: drop it, or set --config.dataset.name=npz"
+        )
+
+
 def _check_combinations(config) -> None:
+    _check_dataset(config.dataset)
     outputs = build.LOSS_OUTPUTS.get(config.loss)
     if outputs and config.model.output_activation not in outputs:
         raise ConfigError(
@@ -374,14 +404,22 @@ def describe(config=None) -> str:
 # -------------------------------------------------------------------------------- saved configs
 
 
-def to_json(config) -> str:
-    return json.dumps(flatten(config), indent=2)
+# config.json's entry of what the run found rather than chose (the dataset it read): not a key
+RECORDED = "recorded"
+
+
+def to_json(config, recorded: dict | None = None) -> str:
+    """The config as flat JSON; `recorded` goes under RECORDED, which from_json skips."""
+    return json.dumps({**flatten(config), **({RECORDED: recorded} if recorded else {})}, indent=2)
 
 
 def from_json(text: str, where: str = "config.json") -> ml_collections.ConfigDict:
     """The config saved as JSON (flat or nested), on top of the defaults; lists become tuples."""
     try:
-        saved = flatten(json.loads(text))
+        loaded = json.loads(text)
+        if isinstance(loaded, dict):
+            loaded.pop(RECORDED, None)
+        saved = flatten(loaded)
     except (json.JSONDecodeError, AttributeError) as error:
         raise ConfigError(f"{where} is not a saved config: {error}") from None
     config = base_config()

@@ -22,12 +22,10 @@ import numpy as np
 
 from jaxnet import models, paths
 from jaxnet.layers import Layer, init_state
-from jaxnet.training import build
+from jaxnet.training import build, trainer
 from jaxnet.training import config as config_lib
 from jaxnet.training.checkpoints import Checkpoints
 from jaxnet.training.steps import Variables, infer
-
-FACTS_FILE = "dataset.json"
 
 # What jaxnet 0.1.0 workdirs (no dataset.json) trained on: example shape, classes, and the
 # maximum their pixels were divided by.
@@ -50,10 +48,7 @@ class Facts:
     input_shape: tuple[int, ...]
     num_classes: int
     dataset: str
-    standardization: Any  # callable raw inputs -> network inputs
-
-    def as_json(self) -> dict:
-        return {"input_shape": list(self.input_shape), "num_classes": self.num_classes}
+    standardization: Any  # the jaxnet.data.Standardization of raw inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,52 +101,34 @@ class Trained:
     def _prepare(self, x):
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
             raise ValueError(f"inputs must be numbers, got dtype {x.dtype}")
-        return jnp.asarray(self.facts.standardization(x.astype(np.float32)), jnp.float32)
+        return jnp.asarray(self.facts.standardization.apply(x.astype(np.float32)), jnp.float32)
 
 
-def write_facts(workdir: str, dataset) -> None:
-    """Record what `load` needs to rebuild the network (called when a run is prepared)."""
-    facts = {
-        "input_shape": list(dataset.input_shape),
-        "num_classes": int(dataset.num_classes),
-        "name": dataset.name,
-        "source": dataset.source,
-    }
-    paths.write_text(paths.join(workdir, FACTS_FILE), json.dumps(facts, indent=2))
+def read_facts(workdir: str, config, recorded: dict | None) -> Facts:
+    """The run's Facts from what config.json recorded, or for a 0.1.0 workdir from its dataset."""
+    from jaxnet.data import Standardization
 
-
-def read_facts(workdir: str, config) -> Facts:
-    """The run's Facts from dataset.json, or for a 0.1.0 workdir from its built-in dataset."""
-    path = paths.join(workdir, FACTS_FILE)
-    name = config.dataset.name
-    if paths.path(path).is_file():
-        facts = json.loads(paths.path(path).read_text())
-        shape, classes = tuple(facts["input_shape"]), int(facts["num_classes"])
-        return Facts(shape, classes, facts.get("name", name), read_standardization(workdir))
+    standardization = trainer.saved_standardization(workdir)
+    if recorded is not None:
+        shape, classes = tuple(recorded["input_shape"]), int(recorded["num_classes"])
+        standardization = standardization or Standardization("none")
+        return Facts(shape, classes, recorded["name"], standardization)
+    name, d = config.dataset.name, config.dataset
     if name == "synthetic":
-        d = config.dataset
-        return Facts(tuple(d.synthetic_shape), int(d.synthetic_classes), name, _identity)
+        shape, classes = tuple(d.synthetic_shape), int(d.synthetic_classes)
+        return Facts(shape, classes, name, Standardization("none"))
     if name not in _BUILT_IN:
-        raise LoadError(f"{path} is missing: the workdir does not say what its network takes")
+        raise LoadError(
+            f"{paths.shown(workdir)}/config.json does not record the dataset's example shape"
+        )
     shape, classes, maximum = _BUILT_IN[name]
-    return Facts(shape, classes, name, lambda x: x / maximum)
-
-
-def _identity(x):
-    return x
-
-
-def read_standardization(workdir: str):
-    """The transformation the run applied to its inputs (saved by the data module)."""
-    from jaxnet import data
-
-    return data.read_standardization(workdir)
+    return Facts(shape, classes, name, Standardization("unit", 0.0, maximum))
 
 
 def load(workdir: str, *, log=None) -> Trained:
     """The network of the run in `workdir` with its best variables, ready to call."""
-    config = _config(workdir)
-    facts = read_facts(workdir, config)
+    config, recorded = _config(workdir)
+    facts = read_facts(workdir, config, recorded)
     network = build.COMPUTE_DTYPES[config.dtype](
         models.build_model(config.model, facts.num_classes)
     )
@@ -168,13 +145,16 @@ def load(workdir: str, *, log=None) -> Trained:
     return Trained(network, restored.best, config, facts, restored.step, best_epoch)
 
 
-def _config(workdir: str):
+def _config(workdir: str) -> tuple:
+    """The saved config, and the dataset it recorded (None before jaxnet recorded it)."""
     path = paths.join(workdir, "config.json")
     if not paths.path(path).is_file():
         raise LoadError(f"{paths.shown(workdir)} holds no run (no config.json): train first")
-    config = config_lib.from_json(paths.path(path).read_text(), where=path)
+    text = paths.path(path).read_text()
+    config = config_lib.from_json(text, where=path)
     config_lib.validate(config)
-    return config
+    recorded = json.loads(text).get(config_lib.RECORDED, {}).get("dataset")
+    return config, recorded
 
 
 def _variables_like(network: Layer, input_shape) -> Variables:

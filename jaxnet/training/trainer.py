@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from jaxnet import paths, shapes
-from jaxnet.training import build, trained
+from jaxnet.training import build
 from jaxnet.training import config as config_lib
 from jaxnet.training.checkpoints import Checkpoints
 from jaxnet.training.config import ConfigError
@@ -164,13 +164,18 @@ class _Signals:
 
 
 def _load_data(config, log):
-    from jaxnet.data import load_dataset
+    from jaxnet.data import Dataset, load_dataset
 
     d = config.dataset
     size = d.validation_size
     if size >= 1:  # ml_collections keeps the field's float type: 5000 arrives as 5000.0
         size = int(size)
     try:
+        if d.name == "npz":
+            standardize = "none" if d.standardize == "auto" else d.standardize
+            return Dataset.from_npz(
+                d.path, validation_size=size, standardize=standardize, seed=config.seed, log=log
+            )
         return load_dataset(
             d.name,
             data_dir=d.data_dir or None,
@@ -179,12 +184,68 @@ def _load_data(config, log):
             download=d.download,
             cache_dir=d.cache_dir or None,
             mirror=d.mirror or None,
+            standardize=d.standardize,
             log=log,
         )
     except ValueError as error:
         if str(error).startswith("validation_size"):  # say which config key it is
             raise ConfigError(f"config.dataset.{error}") from None
         raise
+
+
+# The Standardization the run applied to its inputs, for predictions on new raw inputs.
+STANDARDIZATION_FILE = "standardization.npz"
+
+
+def saved_standardization(workdir: str):
+    """The `jaxnet.data.Standardization` a workdir's run applied to its inputs, or None."""
+    from jaxnet.data import Standardization
+
+    path = paths.join(workdir, STANDARDIZATION_FILE)
+    return Standardization.load(path) if paths.path(path).is_file() else None
+
+
+def _describe_dataset(dataset) -> dict:
+    """The dataset's own name, source, file, standardisation, shapes: what the workdir records."""
+    from jaxnet.data import describe_dataset
+
+    return describe_dataset(dataset)
+
+
+def _record_dataset(workdir: str, config, dataset) -> None:
+    """config.json, recording the dataset read, and standardization.npz: once per workdir."""
+    from jaxnet.data import Standardization
+
+    if saved_config(workdir) is None:
+        recorded = {"dataset": _describe_dataset(dataset)}
+        paths.write_text(paths.join(workdir, "config.json"), config_lib.to_json(config, recorded))
+    path = paths.join(workdir, STANDARDIZATION_FILE)
+    if not paths.path(path).exists():
+        standardization = getattr(dataset, "standardization", None) or Standardization("none")
+        standardization.save(path)
+
+
+def _check_same_dataset(workdir: str, dataset) -> None:
+    """Stop if the workdir's run was started on another dataset (name, example shape, classes)."""
+    path = paths.join(workdir, "config.json")
+    if not paths.path(path).is_file():
+        return
+    try:
+        recorded = json.loads(paths.path(path).read_text())[config_lib.RECORDED]["dataset"]
+    except (ValueError, KeyError, TypeError):  # none recorded; a damaged file is check_resume's
+        return
+    now = _describe_dataset(dataset)
+    changed = [
+        f"{key}: {recorded.get(key)!r} -> {now[key]!r}"
+        for key in ("name", "input_shape", "num_classes")
+        if recorded.get(key) != now[key]
+    ]
+    if changed:
+        raise ConfigError(
+            f"{workdir} holds a run on another dataset ({'; '.join(changed)}): give it the "
+            "dataset it started with (train_and_evaluate(..., dataset=...) for arrays given in "
+            "Python), or start a new run with another --workdir"
+        )
 
 
 def saved_config(workdir: str):
@@ -291,6 +352,7 @@ def prepare(config, workdir: str, *, log=print, dataset=None, devices=None, prog
     check_resume(config, workdir, log)
     primary = jax.process_index() == 0  # the hosts of a multi-host job share the workdir
     dataset = dataset if dataset is not None else _load_data(config, log)
+    _check_same_dataset(workdir, dataset)
     problem = build.network_problem(config, dataset)
     if problem:
         raise ConfigError(problem)
@@ -311,10 +373,8 @@ def prepare(config, workdir: str, *, log=print, dataset=None, devices=None, prog
             checkpoints = Checkpoints(
                 paths.join(workdir, "checkpoints"), config.checkpoint.keep, log=log
             )
-            if primary and saved_config(workdir) is None:
-                paths.write_text(paths.join(workdir, "config.json"), config_lib.to_json(config))
             if primary:
-                trained.write_facts(workdir, dataset)
+                _record_dataset(workdir, config, dataset)
         except BaseException:
             if lock is not None:
                 lock.close()
@@ -641,7 +701,7 @@ def finish(run: Run) -> dict:
     result = run.evaluate(run.best, test.images, test.labels)
     p, c = run.progress, run.config
     summary = {
-        "dataset": run.dataset.name,
+        "dataset": _describe_dataset(run.dataset),
         "source": run.dataset.source,
         "model": c.model.kind,
         "parameters": shapes.param_count(run.best.params),
@@ -720,6 +780,7 @@ def evaluate_workdir(workdir: str, config=None, *, log=print, dataset=None) -> d
     config = saved if config is None else config
     config_lib.validate(config)
     dataset = dataset if dataset is not None else _load_data(config, log)
+    _check_same_dataset(workdir, dataset)
     problem = build.network_problem(config, dataset)
     if problem:
         raise ConfigError(problem)
