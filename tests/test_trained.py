@@ -6,11 +6,16 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 import jaxnet
-from jaxnet.data import load_dataset
+from jaxnet.data import Dataset, load_dataset
+from jaxnet.training import config as config_lib
+from jaxnet.training import trainer
+from jaxnet.training.config import base_config
+from jaxnet.training.steps import Variables, infer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUT1 = os.path.join(ROOT, "tests", "data", "workdir_layout1")
@@ -38,6 +43,44 @@ def test_load_reads_a_workdir_of_checkpoint_layout_1(digits, tmp_path):
     p = model.probabilities(raw[:5])
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(p.argmax(axis=1), labels[:5])
+
+
+def _arrays(seed, shape=(5, 3), classes=3):
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-2, 2, (classes, *shape))
+    y = [np.arange(n) % classes for n in (300, 90)]
+    # raw inputs far from standard: load must standardise new inputs as training did
+    x = [50.0 + 10.0 * (centres[y_] + 0.3 * rng.standard_normal((len(y_), *shape))) for y_ in y]
+    return x[0], y[0], x[1], y[1]
+
+
+def test_load_gives_back_a_batch_norm_network_trained_on_users_arrays(tmp_path, key):
+    x_train, y_train, x_test, y_test = _arrays(int(np.asarray(key)[-1]))
+    dataset = Dataset.from_arrays(x_train, y_train, x_test, y_test, standardize="standard")
+    config = base_config()
+    layers = ("batchnorm", "flatten", "dense(16)", "batchnorm", "relu")
+    overrides = {
+        "model.kind": "layers",
+        "model.layers": layers,
+        "batch_size": 32,
+        "epochs": 2,
+        "devices.strategy": "single",
+        "compilation_cache_dir": "",
+        "dataset.validation_size": 0.1,
+    }
+    for name, value in overrides.items():
+        config_lib.set_value(config, name, value)
+    summary = trainer.train_and_evaluate(
+        config, str(tmp_path), dataset=dataset, log=lambda *a: None, progress=False
+    )
+    model = jaxnet.load(str(tmp_path))
+    state = model.variables.model_state
+    assert len(jax.tree_util.tree_leaves(state)) == 4  # two BatchNorms: mean and var each
+    assert not np.allclose(state[0]["mean"], 0.0)  # running averages were trained and saved
+    labels = model.predict(x_test)  # raw inputs: load standardises them
+    assert np.mean(labels == y_test) == pytest.approx(summary["test_accuracy"])
+    expected = infer(model.network, Variables(*model.variables), dataset.test.images)
+    np.testing.assert_allclose(model.logits(x_test), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_load_names_what_does_not_fit(tmp_path):

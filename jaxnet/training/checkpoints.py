@@ -254,10 +254,9 @@ class Checkpoints:
             checksums=ocp.args.JsonRestore(),
         )
         got = self.manager.restore(step, args=args)
-        if _digest(got.best) != got.checksums["best"]:
+        best = _shaped_like(got.best, best_like if layout == LAYOUT else best_like.params)
+        if _digest(best) != got.checksums["best"]:  # in the saved order and dtypes
             raise _Mismatch("best does not match its checksum")
-        saved_like = best_like if layout == LAYOUT else best_like.params
-        best = _shaped_like(got.best, saved_like)
         best = best if layout == LAYOUT else best_like._replace(params=best)
         return Restored(step, None, best, dict(got.record))
 
