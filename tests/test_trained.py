@@ -146,3 +146,15 @@ def test_predict_mode_bad_inputs_give_one_line(args, message, tmp_path):
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+def test_the_launch_check_leaves_an_npz_network_to_be_checked_with_its_file():
+    from jaxnet.training import cli
+
+    default = os.path.join(ROOT, "configs", "default.py")
+    args = ["--config", default, "--config.dataset.name=npz", "--config.dataset.path=x.npz"]
+    config = cli.validate_argv(args, default)
+    assert (config.dataset.name, config.dataset.path) == ("npz", "x.npz")
+    too_deep = ["--config.dataset.name=digits", "--config.model.channels=(4, 4, 4, 4)"]
+    with pytest.raises(config_lib.ConfigError, match="model.kind='cnn'"):  # built-ins still are
+        cli.validate_argv(["--config", default, *too_deep], default)

@@ -28,7 +28,7 @@ __all__ = [
     "validate_argv",
 ]
 
-# The inputs (H, W, C) and classes of each dataset as train.py loads it, for the checks made
+# The example shape and classes of each built-in dataset as train.py loads it, for the checks made
 # before any data is read (tests/test_tpu_scripts.py checks them against load_dataset).
 INPUTS = {
     "mnist": ((28, 28, 1), 10),
@@ -183,6 +183,8 @@ def validate_argv(args, default_config: str):
         raise ConfigError(problem)
     config = fv.config
     config_lib.validate(config)
+    if config.dataset.name not in INPUTS:  # a user's file: its shapes are read with its data
+        return config
     shape, classes = INPUTS[config.dataset.name]
     problem = build.network_problem(config, _Inputs(shape, classes))
     if problem:
