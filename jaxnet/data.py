@@ -440,7 +440,9 @@ class Dataset:
         if x_val is not None or y_val is not None:
             given.update(x_val=x_val, y_val=y_val)
         parts = _user_arrays(given, "Dataset.from_arrays: ", validation_size, num_classes, seed)
-        return _user_dataset(parts, standardize, name, "arrays given in Python", None)
+        return _user_dataset(
+            parts, standardize, name, "numpy arrays passed to Dataset.from_arrays", None
+        )
 
     @classmethod
     def from_npz(

@@ -83,6 +83,17 @@ def as_distribution(labels, scores):
     )
 
 
+def smooth_labels(labels, scores, epsilon: float):
+    """q = (1 - epsilon) q + epsilon / K: label smoothing (Szegedy et al. 2016) of `labels`.
+
+    Integer classes or distributions, as `as_distribution` reads them; NaN rows stay NaN.
+    """
+    if not 0.0 <= epsilon < 1.0:
+        raise ValueError(f"label smoothing epsilon must be in [0, 1), got {epsilon!r}")
+    q = as_distribution(labels, scores)
+    return (1.0 - epsilon) * q + epsilon / scores.shape[-1]
+
+
 def _check_same_shape(name, prediction, target):
     if jnp.shape(prediction) != jnp.shape(target):
         raise ValueError(

@@ -799,3 +799,24 @@ def test_80_20_stationary_point_is_0_8():
         )
     assert abs(dE_dz(L.quadratic, 0.8)) < 1e-12
     assert abs(dE_dz(L.binary_cross_entropy, 0.8)) < 1e-11
+
+
+def test_label_smoothing_targets_loss_and_gradient(key):
+    from jaxnet.training import build
+
+    k_z, k_y, k_e = jax.random.split(key, 3)
+    K = 7
+    z = 3 * jax.random.normal(k_z, (5, K))
+    y = jax.random.randint(k_y, (5,), 0, K)
+    eps = float(jax.random.uniform(k_e, (), minval=0.01, maxval=0.5))
+    q = L.smooth_labels(y, z, eps)
+    np.testing.assert_allclose(q.sum(axis=1), 1.0, rtol=1e-15)
+    np.testing.assert_allclose(q[jnp.arange(5), y], 1 - eps + eps / K, rtol=1e-15)
+    loss = build.per_sample_loss("cross_entropy", "none", K, eps)
+    manual = -jnp.sum(q * jax.nn.log_softmax(z), axis=1)  # the smoothed cross-entropy
+    np.testing.assert_allclose(loss(z, y), manual, rtol=1e-13)
+    grad = jax.grad(lambda z_: jnp.sum(loss(z_, y)))(z)
+    np.testing.assert_allclose(grad, jax.nn.softmax(z) - q, rtol=1e-12, atol=1e-15)  # p - q
+    assert np.isnan(loss(z, y.at[2].set(K))[2])  # a label out of range still gives NaN
+    with pytest.raises(ValueError, match=r"epsilon must be in \[0, 1\), got 1.0"):
+        L.smooth_labels(y, z, 1.0)

@@ -316,6 +316,7 @@ def _bad(config, key, value):
         ("model.hidden", (0,), r"config.model.hidden=\(0,\): expected a tuple of integers >= 1"),
         ("model.dropout", 1.0, "model.dropout=1.0"),
         ("loss", "cross_entropy_typo", "config.loss"),
+        ("label_smoothing", 1.0, r"config.label_smoothing=1.0: out of range \[0.0, 1.0\)"),
     ],
 )
 def test_bad_config_values_are_named_with_what_is_allowed(key, value, message):
@@ -331,6 +332,9 @@ def test_unknown_keys_suggest_the_closest_and_mismatched_losses_are_rejected():
         config_lib.validate(config)
     config = small_config(**{"loss": "cross_entropy", "model.output_activation": "sigmoid"})
     with pytest.raises(ConfigError, match="output_activation"):
+        config_lib.validate(config)
+    config = small_config(**{"loss": "quadratic", "label_smoothing": 0.1})
+    with pytest.raises(ConfigError, match="label_smoothing=0.1 applies to config.loss in"):
         config_lib.validate(config)
 
 

@@ -26,11 +26,17 @@ OUTPUT_ACTIVATIONS = {
 }
 
 
-def _cross_entropy(output_activation, num_classes):
-    return losses.cross_entropy_from_logits
+def _cross_entropy(output_activation, num_classes, label_smoothing=0.0):
+    if label_smoothing == 0:
+        return losses.cross_entropy_from_logits
+
+    def loss(z, y):
+        return losses.cross_entropy_from_logits(z, losses.smooth_labels(y, z, label_smoothing))
+
+    return loss
 
 
-def _binary_cross_entropy(output_activation, num_classes):
+def _binary_cross_entropy(output_activation, num_classes, label_smoothing=0.0):
     """The slides' multi-output cross-entropy of sigmoid units, from logits."""
 
     def loss(z, y):
@@ -41,7 +47,7 @@ def _binary_cross_entropy(output_activation, num_classes):
     return loss
 
 
-def _quadratic(output_activation, num_classes):
+def _quadratic(output_activation, num_classes, label_smoothing=0.0):
     """C = 1/2 ||a - y||^2 on the output units a = f(z) against one-hot targets."""
     f = OUTPUT_ACTIVATIONS[output_activation]
     return lambda z, y: losses.quadratic(f(z), jax.nn.one_hot(y, num_classes, dtype=z.dtype))
@@ -54,6 +60,7 @@ LOSSES = {
 }
 # Losses computed from logits fix the output activation; "none" means "the loss's own".
 LOSS_OUTPUTS = {"cross_entropy": ("none", "softmax"), "binary_cross_entropy": ("none", "sigmoid")}
+SMOOTHED_LOSSES = ("cross_entropy",)  # the losses label_smoothing applies to
 
 
 # The compute dtype of the forward and backward passes (config.dtype). Parameters, optimizer
@@ -64,9 +71,11 @@ COMPUTE_DTYPES = {
 }
 
 
-def per_sample_loss(loss_name: str, output_activation: str, num_classes: int):
+def per_sample_loss(
+    loss_name: str, output_activation: str, num_classes: int, label_smoothing: float = 0.0
+):
     """l(logits, labels) -> (N,): cross-entropies from logits (stable), quadratic on outputs."""
-    return LOSSES[loss_name](output_activation, num_classes)
+    return LOSSES[loss_name](output_activation, num_classes, label_smoothing)
 
 
 UPDATE_RULES = {
@@ -298,7 +307,7 @@ class Built:
         network = models.build_model(config.model, dataset.num_classes)
         self.model = COMPUTE_DTYPES[config.dtype](network)
         self.loss_fn = per_sample_loss(
-            config.loss, config.model.output_activation, dataset.num_classes
+            config.loss, config.model.output_activation, dataset.num_classes, config.label_smoothing
         )
         self.steps_per_epoch = steps_per_epoch(config, len(dataset.train.labels))
         self.optimizer = build_optimizer(config, self.steps_per_epoch, self.abstract_params())

@@ -207,6 +207,9 @@ def _data_and_model_keys() -> dict[str, Key]:
 def _objective_keys() -> dict[str, Key]:
     return {
         "loss": Key("cross_entropy", choice(build.LOSSES), "the per-sample loss"),
+        "label_smoothing": Key(
+            0.0, _UNIT, "epsilon: targets (1 - epsilon) one-hot + epsilon / K (cross_entropy)"
+        ),
         "optimizer.name": Key("adam", choice(build.UPDATE_RULES), "the update rule"),
         "optimizer.learning_rate": Key(1e-3, number(0.0, low_open=True), "eta"),
         "optimizer.momentum": Key(0.9, _UNIT, "mu of momentum / nesterov (constant schedule)"),
@@ -349,6 +352,11 @@ def _check_combinations(config) -> None:
         raise ConfigError(
             f"config.loss={config.loss!r} needs config.model.output_activation in {outputs}, "
             f"got {config.model.output_activation!r}"
+        )
+    if config.label_smoothing > 0 and config.loss not in build.SMOOTHED_LOSSES:
+        raise ConfigError(
+            f"config.label_smoothing={config.label_smoothing} applies to config.loss in "
+            f"{build.SMOOTHED_LOSSES}, not {config.loss!r}: set it to 0 or change the loss"
         )
     _check_model(config.model)
     s = config.schedule
