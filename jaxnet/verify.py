@@ -31,6 +31,16 @@ import numpy as np
 
 DEFAULT_TOLERANCE = 1e-7
 
+# Every check's programs run once, so compiling fast beats running fast (as for the trainer's
+# initial state): on CPU, LLVM's costly passes are off.
+_RUN_ONCE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def jit_once(f, **options):
+    """jax.jit for a program that runs once: compiled cheaply on CPU."""
+    compiler = _RUN_ONCE if jax.default_backend() == "cpu" else None
+    return jax.jit(f, compiler_options=compiler, **options)
+
 
 @dataclasses.dataclass
 class CheckResult:
@@ -139,7 +149,7 @@ def finite_difference_jacobian(f: Callable, x, step: float = 1.0, levels: int = 
     f_flat, x_flat = _flat(f, x)
     basis = jnp.eye(x_flat.size, dtype=x_flat.dtype)
 
-    @jax.jit
+    @jit_once
     def central(h):
         return (
             jax.vmap(lambda e: f_flat(x_flat + h * e) - f_flat(x_flat - h * e))(basis) / (2 * h)
@@ -174,8 +184,8 @@ def check_jacobian(
     f_flat, x_flat = _flat(f, x)
     hand = jacobian_matrix(hand, jax.eval_shape(f, x))
     autodiff = max(
-        relative_error(hand, jax.jit(jax.jacrev(f_flat))(x_flat)),
-        relative_error(hand, jax.jit(jax.jacfwd(f_flat))(x_flat)),
+        relative_error(hand, jit_once(jax.jacrev(f_flat))(x_flat)),
+        relative_error(hand, jit_once(jax.jacfwd(f_flat))(x_flat)),
     )
     fd = relative_error(hand, finite_difference_jacobian(f, x))
     shapes = f"{_shape_str(x)} -> {_shape_str(jax.eval_shape(f, x))}"
@@ -200,7 +210,7 @@ def check_gradient(
         )
     hand_flat = np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(hand)])
     f_flat, x_flat = _flat(f, x)
-    autodiff = relative_error(hand_flat, jax.jit(jax.grad(lambda v: f_flat(v)[0]))(x_flat))
+    autodiff = relative_error(hand_flat, jit_once(jax.grad(lambda v: f_flat(v)[0]))(x_flat))
     fd = relative_error(hand_flat, finite_difference_jacobian(f, x)[0])
     return CheckResult(name, f"{_shape_str(x)} -> ()", autodiff, fd, tolerance)
 
@@ -313,7 +323,7 @@ def _one_layer_checks(rng, name, layer, in_shape, k_init, k_drop):
     x = _batch(rng, 3, in_shape)
     drop_key = k_drop if "training" in name else None
     n = 1
-    J_w, J_x = jax.jit(layer.jacobians, static_argnums=2)(params, x, n, key=drop_key)
+    J_w, J_x = jit_once(layer.jacobians, static_argnums=2)(params, x, n, key=drop_key)
 
     def on_input(x_n):
         x_ = jax.tree_util.tree_map(lambda a, a_n: a.at[n].set(a_n), x, x_n)
@@ -354,7 +364,7 @@ def _notes_layer_checks(rng, key):
     x = _normal(rng, (4,))
     for fname in ("sigmoid", "tanh", "relu", "swish"):
         f, f_prime = A.POINT_ACTIVATIONS[fname]
-        J_w, J_x = jax.jit(L.dense_activation_jacobians, static_argnums=2)(params, x, f_prime)
+        J_w, J_x = jit_once(L.dense_activation_jacobians, static_argnums=2)(params, x, f_prime)
         results.append(
             check_jacobian(
                 lambda x_: f(params["W"] @ x_ + params["b"]),
@@ -372,7 +382,7 @@ def _notes_layer_checks(rng, key):
             )
         )
     windows = jnp.array([[0, 1, 2], [2, 3, 4], [4, 5, 0]])
-    J_w, J_x = jax.jit(L.relu_maxpool_jacobians)(params, x, windows)
+    J_w, J_x = jit_once(L.relu_maxpool_jacobians)(params, x, windows)
     results.append(
         check_jacobian(
             lambda x_: L.relu_maxpool(params, x_, windows),
@@ -430,7 +440,7 @@ def _loss_checks(rng):
         results.append(
             check_gradient(
                 lambda q, loss=loss, target=target: jnp.sum(loss.value(q, target)),
-                jax.jit(loss.derivative)(pred, target),
+                jit_once(loss.derivative)(pred, target),
                 pred,
                 name=f"loss: {name}",
             )
@@ -529,7 +539,7 @@ def _backprop_checks(rng, key):
             ("Algorithm 1, per sample", backprop.backprop),
             ("batched vjp", backprop.backprop_batched),
         ):
-            grads = jax.jit(fn, static_argnums=(0, 4))(net, params, x, y, loss, key=drop_key)
+            grads = jit_once(fn, static_argnums=(0, 4))(net, params, x, y, loss, key=drop_key)
             results.append(check_gradient(risk, grads, params, name=f"backprop ({form}): {name}"))
     return results
 

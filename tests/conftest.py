@@ -39,3 +39,22 @@ def key(request):
     seed = (_BASE_SEED + zlib.crc32(request.node.nodeid.encode())) % (2**31)
     print(f"key seed {seed} (JAXNET_TEST_SEED={_BASE_SEED})")
     return jax.random.PRNGKey(seed)
+
+
+# The slowest files first: run over two workers (pytest -n 2 --dist loadfile), the suite then
+# ends with short files on both, instead of one worker finishing the verify suite alone.
+SLOW_FIRST = (
+    "test_verify.py",
+    "test_train_bad_inputs.py",
+    "test_bench.py",
+    "test_train_cli.py",
+    "test_experiments.py",
+    "test_layers.py",
+    "test_gcs.py",
+    "test_training.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
