@@ -72,7 +72,11 @@ def test_from_arrays_trains_end_to_end_and_the_workdir_records_it(
     d = Dataset.from_arrays(
         x_train, y_train, x_test, y_test, standardize=standardize, seed=1, name="mine"
     )
-    assert d.input_shape == shape and d.num_classes == 3 and d.source == "numpy arrays passed to Dataset.from_arrays"
+    assert (
+        d.input_shape == shape
+        and d.num_classes == 3
+        and d.source == "numpy arrays passed to Dataset.from_arrays"
+    )
     assert (len(d.train), len(d.validation), len(d.test)) == (173, 19, 60)
     summary = train(tiny_config(), tmp_path, d)  # config.dataset.name stays fashion_mnist
     assert summary["test_accuracy"] > 0.9, summary["test_accuracy"]
