@@ -1,8 +1,10 @@
 """Towards the least wall time to 92% Fashion-MNIST test accuracy on 2 CPU cores.
 
-A first candidate, not yet tuned or measured over seeds (issue 11 is open on it). A small CNN with BatchNorm and a residual block, trained on all 60,000 training images (no
-validation split: the schedule is fixed, so the last epoch is the one reported) for a few
-epochs with Adam, a one-cycle schedule (linear warm-up, cosine decay) and label smoothing.
+A first candidate, not yet tuned (issue 11 is open on it): measured once, seed 0, 92.99% in
+219.6 s with compilation. A small CNN with BatchNorm and a residual block, trained on all
+60,000 training images (no validation split: the schedule is fixed, so the last epoch is the
+one reported) for a few epochs with Adam, a one-cycle schedule (linear warm-up, cosine decay)
+and label smoothing.
 """
 
 from jaxnet.training.config import base_config

@@ -13,6 +13,7 @@ import pytest
 
 from jaxnet import layers as L
 from jaxnet import models
+from jaxnet.data import Dataset
 from jaxnet.training import build, trainer
 from jaxnet.training import config as config_lib
 from jaxnet.training.config import ConfigError, base_config
@@ -369,38 +370,19 @@ def test_kind_choices_are_the_networks_and_layers_and_builder():
     assert all(name in config_lib.KEYS["model.layers"].check.allowed for name in models.LAYERS)
 
 
-@dataclasses.dataclass(frozen=True)
-class Split:
-    images: np.ndarray
-    labels: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class ToyDataset:
-    """Class prototypes plus noise: learnable in one epoch."""
-
-    name: str
-    source: str
-    train: Split
-    validation: Split
-    test: Split
-    num_classes: int
-
-    @property
-    def input_shape(self):
-        return self.train.images.shape[1:]
-
-
 def toy_dataset(seed=0, shape=(6, 6, 1), classes=3):
+    """Class prototypes plus noise, learnable in one epoch, as a user's arrays."""
     rng = np.random.default_rng(seed)
     protos = rng.standard_normal((classes, *shape)).astype(np.float32)
 
     def split(n):
         y = rng.integers(0, classes, n).astype(np.int32)
-        noise = 0.5 * rng.standard_normal((n, *shape))
-        return Split((protos[y] + noise).astype(np.float32), y)
+        return (protos[y] + 0.5 * rng.standard_normal((n, *shape))).astype(np.float32), y
 
-    return ToyDataset("toy", "generated in the test", split(1024), split(128), split(128), classes)
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = split(1024), split(128), split(128)
+    return Dataset.from_arrays(
+        x_train, y_train, x_test, y_test, x_val=x_val, y_val=y_val, num_classes=classes, name="toy"
+    )
 
 
 def test_a_layers_run_trains_saves_its_specs_and_refuses_other_layers_on_resume(tmp_path):
