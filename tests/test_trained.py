@@ -16,6 +16,7 @@ from jaxnet.training import config as config_lib
 from jaxnet.training import trainer
 from jaxnet.training.config import base_config
 from jaxnet.training.steps import Variables, infer
+from jaxnet.training.trained import LoadError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUT1 = os.path.join(ROOT, "tests", "data", "workdir_layout1")
@@ -87,7 +88,7 @@ def test_load_names_what_does_not_fit(tmp_path):
     model = jaxnet.load(_copy(LAYOUT1, tmp_path))
     with pytest.raises(ValueError, match=r"inputs of shape \(2, 8, 8\) do not fit this network"):
         model.predict(np.zeros((2, 8, 8)))
-    with pytest.raises(Exception, match="holds no run"):
+    with pytest.raises(LoadError, match="holds no run"):
         jaxnet.load(str(tmp_path / "nothing"))
 
 
