@@ -1,10 +1,14 @@
-"""Towards the least wall time to 92% Fashion-MNIST test accuracy on 2 CPU cores.
+"""The least wall time to 92% Fashion-MNIST test accuracy found on 2 CPU cores.
 
-A first candidate, not yet tuned (issue 11 is open on it): measured once, seed 0, 92.99% in
-219.6 s with compilation. A small CNN with BatchNorm and a residual block, trained on all
-60,000 training images (no validation split: the schedule is fixed, so the last epoch is the
-one reported) for a few epochs with Adam, a one-cycle schedule (linear warm-up, cosine decay)
-and label smoothing.
+Measured: 92.34% mean test accuracy over seeds 0-2 (92.34, 92.26, 92.42) in 54 s per run,
+compilation included (README, "A fast run"). A small CNN with BatchNorm after every layer,
+trained on all 60,000 training images for 5 epochs with Adam, a one-cycle schedule (one epoch
+of linear warm-up to 3e-3, then cosine decay to 0) and label smoothing 0.1. There is no
+validation split: the schedule is fixed, so the last epoch is the one reported.
+
+What the tuning found (README): wider layers (24-48 or 32-64 channels, a residual block at
+7x7) cost more time than their accuracy saves; BatchNorm on the 128-unit layer gained 0.3-0.5
+points at no cost; 4 epochs fell short (91.86%, seed 0).
 """
 
 from jaxnet.training.config import base_config
@@ -16,15 +20,14 @@ def get_config():
     config.dataset.validation_size = 0
     config.model.kind = "layers"
     config.model.layers = (
+        "conv2d(16, 3, padding='same')",
+        "batchnorm",
+        "relu",
+        "maxpool(2)",
         "conv2d(32, 3, padding='same')",
         "batchnorm",
         "relu",
         "maxpool(2)",
-        "conv2d(64, 3, padding='same')",
-        "batchnorm",
-        "relu",
-        "maxpool(2)",
-        "residual(conv2d(64, 3, padding='same'), batchnorm, relu)",
         "flatten",
         "dense(128)",
         "batchnorm",
@@ -38,5 +41,6 @@ def get_config():
     config.schedule.warmup_epochs = 1
     config.batch_size = 128
     config.epochs = 5
+    # a step takes ~20 ms: dispatching one step per chunk costs nothing and compiles fastest
     config.steps_per_chunk = 1
     return config

@@ -454,3 +454,56 @@ def test_normalization_bad_inputs_raise_one_line_errors(key):
         with pytest.raises(ValueError, match=message) as error:
             build()
         assert "\n" not in str(error.value), str(error.value)
+
+
+def _plain_batch_standardise(x, weights, eps):
+    """The same function with no derivative rule: autodiff of every weighted sum."""
+    from jaxnet.layers import normalization as N
+
+    mean, var, count = N._moments(x, weights, None)
+    xhat, _ = N.standardise(x, N.per_channel(mean, x.ndim), N.per_channel(var, x.ndim), eps)
+    return xhat, mean, var, count
+
+
+def test_batch_standardise_derivative_rule_equals_autodiff_of_its_sums(key):
+    from jaxnet.layers.normalization import batch_standardise
+
+    r = _rng(key)
+    n, eps = int(r.integers(4, 8)), float(r.choice([1e-5, 0.1]))
+    x = _normal(r, (n, int(r.integers(1, 4)), 2), 2.0) + 1.0
+    weights = jnp.asarray(r.choice([0.0, 0.5, 1.0, 2.0], n)).at[0].set(1.0).reshape(n, 1, 1)
+    rule = lambda x, w: batch_standardise(x, w, eps)
+    plain = lambda x, w: _plain_batch_standardise(x, w, eps)
+    for transform in (jax.jacrev, jax.jacfwd):
+        for got, want in zip(transform(rule)(x, weights), transform(plain)(x, weights)):
+            assert relative_error(got, want) < 1e-12
+    # the weights' derivative where they count (at w = 0 the forward pass has none)
+    counted = np.asarray(weights).ravel() > 0
+    for got, want in zip(jax.jacrev(rule, 1)(x, weights), jax.jacfwd(plain, 1)(x, weights)):
+        assert relative_error(got[..., counted, 0, 0], want[..., counted, 0, 0]) < 1e-12
+    scalar = lambda f: lambda x: jnp.sum(jnp.sin(f(x, weights)[0]) * x)
+    assert relative_error(jax.hessian(scalar(rule))(x), jax.hessian(scalar(plain))(x)) < 1e-11
+
+
+def test_batch_norm_padding_stays_out_of_every_derivative(key):
+    """Padding (weight 0) changes no counted output, so its derivatives are exactly 0."""
+    r = _rng(key)
+    params, (x, *_) = _batch_norm_case(r, (5, 3, 2))
+    layer, keep = L.BatchNorm(), np.array([True, True, False, True, False])
+    state = L.init_state(layer, (3, 2))
+    garbage = x.at[~keep].set(_normal(r, (2, 3, 2), 1e4))
+    mask = jnp.asarray(keep, jnp.float64)
+
+    def counted_output(x):
+        y, _ = layer.stateful.apply(params, state, x, train=True, mask=mask)
+        return y[keep]
+
+    def reference(x):
+        y, _ = layer.stateful.apply(params, state, x, train=True)
+        return y
+
+    want = jax.jacrev(reference)(x[keep])
+    for transform in (jax.jacrev, jax.jacfwd):
+        got = transform(counted_output)(garbage)
+        assert relative_error(got[..., keep, :, :], want) < 1e-12
+        np.testing.assert_array_equal(got[..., ~keep, :, :], 0.0)

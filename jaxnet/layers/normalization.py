@@ -26,10 +26,12 @@ and a row vector g = dl/dxhat goes back as the closed form
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from jaxnet.layers.base import Layer, Stateful, default_float
 
@@ -177,6 +179,28 @@ def _example_weights(x, mask):
     return weights.reshape((n,) + (1,) * (x.ndim - 1))
 
 
+def channel_sums(v, axis_name=None):
+    """Per-channel sums over every axis but the last (and over `axis_name`'s devices).
+
+    The sum is taken over v viewed as (rows, C): XLA:CPU reduces that 2-D view faster than
+    the same sum over axes (0, 1, 2) of an image batch.
+    """
+    sums = jnp.sum(v.reshape(-1, v.shape[-1]), axis=0)
+    return sums if axis_name is None else jax.lax.psum(sums, axis_name)
+
+
+def _moments(x, weights, axis_name):
+    """(mean, biased var, count m) per channel for example weights shaped (N, 1, ..., 1)."""
+    counted = weights > 0
+    count = jnp.sum(weights) * math.prod(x.shape[1:-1])
+    if axis_name is not None:
+        count = jax.lax.psum(count, axis_name)
+    divisor = jnp.where(count > 0, count, 1)
+    mean = channel_sums(weights * jnp.where(counted, x, 0), axis_name) / divisor
+    deviations = jnp.where(counted, x - per_channel(mean, x.ndim), 0)
+    return mean, channel_sums(weights * deviations**2, axis_name) / divisor, count
+
+
 def batch_moments(x, mask=None, axis_name=None):
     """Per-channel (mean, biased variance, count m) over the batch and all spatial axes.
 
@@ -185,20 +209,72 @@ def batch_moments(x, mask=None, axis_name=None):
     about the global mean second (the one-pass E[x^2] - E[x]^2 loses digits when |mu| >> sigma).
     An empty batch (m = 0) has mean 0 and variance 0.
     """
-    axes = tuple(range(x.ndim - 1))
-    weights = _example_weights(x, mask)
+    return _moments(x, _example_weights(x, mask), axis_name)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def batch_standardise(x, weights, eps: float, axis_name=None):
+    """(xhat, mean, var, count): x standardised with the batch's own (weighted) statistics.
+
+    weights are per example, shaped (N, 1, ..., 1), as `batch_moments` takes them. Its
+    derivative is the closed form of the module doc, below.
+    """
+    mean, var, count = _moments(x, weights, axis_name)
+    xhat, _ = standardise(x, per_channel(mean, x.ndim), per_channel(var, x.ndim), eps)
+    return xhat, mean, var, count
+
+
+def _tangent_from_weights(x, weights, dw, outputs, axis_name):
+    """(d mean, d var, d m) from the weights' tangent dw.
+
+    m = P sum w changes by P sum dw, mean by sum dw (x - mu) / m and var by
+    sum dw ((x - mu)^2 - var) / m: mu's own change drops out of var's since the weighted
+    deviations sum to 0.
+    """
+    xhat, mean, var, count = outputs
     counted = weights > 0
-    positions = math.prod(x.shape[1:-1])
-    count, total = jnp.sum(weights) * positions, jnp.sum(weights * jnp.where(counted, x, 0), axes)
-    if axis_name is not None:
-        count, total = jax.lax.psum((count, total), axis_name)
+    dw = jnp.where(counted, dw, 0)  # the forward pass's where: no derivative at w <= 0
     divisor = jnp.where(count > 0, count, 1)
-    mean = total / divisor
     deviations = jnp.where(counted, x - per_channel(mean, x.ndim), 0)
-    squares = jnp.sum(weights * deviations**2, axes)
+    d_mean = channel_sums(dw * deviations, axis_name) / divisor
+    d_var = channel_sums(dw * (deviations**2 - per_channel(var, x.ndim)), axis_name) / divisor
+    d_count = jnp.sum(dw) * math.prod(x.shape[1:-1])
     if axis_name is not None:
-        squares = jax.lax.psum(squares, axis_name)
-    return mean, squares / divisor, count
+        d_count = jax.lax.psum(d_count, axis_name)
+    return d_mean, d_var, d_count
+
+
+@functools.partial(batch_standardise.defjvp, symbolic_zeros=True)
+def _batch_standardise_jvp(eps, axis_name, primals, tangents):
+    """The tangent of xhat for a tangent dx: (dx - mean(dx) - xhat mean(xhat dx)) / sigma.
+
+    It is the transpose of the module doc's g J (J is symmetric up to the 1/sigma), with the
+    means weighted by the examples' weights over the m counted values; d mean = mean(dx),
+    d var = 2 sigma mean(xhat dx). JAX transposes it for the reverse mode, so back-propagation
+    through training-mode BatchNorm runs this closed form rather than the autodiff of every
+    sum (3x faster on XLA:CPU).
+    """
+    x, weights = primals
+    dx, dw = tangents
+    outputs = batch_standardise(x, weights, eps, axis_name)
+    xhat, mean, var, count = outputs
+    sigma = jnp.sqrt(var + eps)
+    divisor = jnp.where(count > 0, count, 1)
+    d_mean, d_var, d_count = jnp.zeros_like(mean), jnp.zeros_like(var), jnp.zeros_like(count)
+    if not isinstance(dx, SymbolicZero):
+        counted = weights > 0  # padding's values and tangents stay out, even NaN ones
+        weighted_dx = jnp.where(counted, weights * dx, 0)
+        d_mean = channel_sums(weighted_dx, axis_name) / divisor
+        d_var = 2 * sigma * channel_sums(jnp.where(counted, xhat * weighted_dx, 0), axis_name)
+        d_var = d_var / divisor
+    else:
+        dx = jnp.zeros_like(x)
+    if not isinstance(dw, SymbolicZero):
+        w_mean, w_var, d_count = _tangent_from_weights(x, weights, dw, outputs, axis_name)
+        d_mean, d_var = d_mean + w_mean, d_var + w_var
+    column = lambda v: per_channel(v, x.ndim)
+    d_xhat = (dx - column(d_mean) - xhat * column(d_var / (2 * sigma))) / column(sigma)
+    return outputs, (d_xhat, d_mean, d_var, d_count)
 
 
 def running_update(state, mean, var, count, decay: float):
@@ -219,8 +295,8 @@ def running_update(state, mean, var, count, decay: float):
 
 def batch_norm_standardise(x, eps: float):
     """(xhat, sigma) with the batch's own statistics: the training-mode standardisation."""
-    mean, var, _ = batch_moments(x)
-    return standardise(x, per_channel(mean, x.ndim), per_channel(var, x.ndim), eps)
+    xhat, _, var, _ = batch_standardise(x, _example_weights(x, None), eps)
+    return xhat, per_channel(jnp.sqrt(var + eps), x.ndim)
 
 
 def batch_norm_jacobians(params, x, n, eps: float):
@@ -292,11 +368,12 @@ def BatchNorm(decay: float = 0.9, eps: float = 1e-5) -> Layer:
         _check_input("BatchNorm", params, x)
         _check_state(state, params["scale"].shape[0])
         if train:
-            mean, var, count = batch_moments(x, mask, axis_name)
+            weights = _example_weights(x, mask)
+            xhat, mean, var, count = batch_standardise(x, weights, eps, axis_name)
             state = running_update(state, mean, var, count, decay)
         else:
             mean, var = state["mean"], state["var"]
-        xhat, _ = standardise(x, per_channel(mean, x.ndim), per_channel(var, x.ndim), eps)
+            xhat, _ = standardise(x, per_channel(mean, x.ndim), per_channel(var, x.ndim), eps)
         return affine(params, xhat), state
 
     def jacobians(params, x, n, *, key=None):
