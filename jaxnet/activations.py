@@ -12,7 +12,9 @@ own value wherever that value is a normal float64, however saturated the unit: n
 subtracts a number from 1 when the difference is tiny (1 - sigma(a), 1 - tanh(a)^2, 1 - Prob(i)
 are written sigma(-a), sech(a)^2, -expm1(log Prob(i))). Where the exact value is below the
 smallest normal float64 (2.2e-308) the result is 0 or that subnormal: XLA on CPU flushes
-subnormals to zero. tests/test_saturated_derivatives.py checks this against mpmath.
+subnormals to zero. The exceptions are inherent and written in the docstrings: swish' near its
+zero, and the roundings of beta a and of z_j - z_t before an exponential.
+tests/test_saturated_derivatives.py checks all this against mpmath.
 
 ReLU convention. The notes (000/001/002, appendix) take dReLU/da = 1 for a >= 0; `jax.nn.relu`
 uses 0 at a = 0. jaxnet's `relu` is a `jax.custom_jvp` that follows the notes, so `jax.grad`
@@ -57,8 +59,9 @@ def tanh_derivative(a):
     """tanh'(a) = 1 - tanh(a)^2 = sech(a)^2 = 4 t / (1 + t)^2 with t = e^(-2|a|).
 
     The difference 1 - tanh^2 rounds to 0 for |a| > 19. 1 / cosh(a)^2 keeps the value but not
-    its last digits: cosh(a) rounds a - log 2 first, an error of |a| ulp / 2 in e^a (17 ulps at
-    |a| = 36); 2|a| is exact, so t costs one rounding, and nothing overflows.
+    its last digits: XLA's cosh(a) is e^(a - log 2) + e^(-a - log 2), and rounding a - log 2
+    costs up to |a| ulp / 2 (18 ulps at |a| = 36). 2|a| is exact, so t costs one rounding; and
+    nothing overflows.
     """
     t = jnp.exp(-2 * jnp.abs(a))
     return 4 * t / (1 + t) ** 2
@@ -123,15 +126,23 @@ def identity_derivative(a):
 
 
 def _shift(z, axis):
-    """(top, d, rest) of logits z along axis: top marks one arg max t (the first, on ties);
-    d = z - z_t, exactly 0 at t whatever z_t (so no gradient flows there); rest = sum_{j != t}
-    exp(d_j), at most K - 1."""
+    """Logits z shifted by their largest entry z_t along axis, as (top, d, rest).
+
+    top marks t (the first arg max, on ties); d = z - z_t, a constant 0 at t whatever z_t (no
+    gradient flows there); rest = sum_{j != t} exp(d_j), at most K - 1.
+    """
     axis = axis % z.ndim
     t = jnp.argmax(z, axis=axis, keepdims=True)
     top = jax.lax.broadcasted_iota(t.dtype, z.shape, axis) == t
     d = jnp.where(top, 0, z - jnp.take_along_axis(z, t, axis=axis))
     rest = jnp.sum(jnp.where(top, 0, jnp.exp(d)), axis=axis, keepdims=True)
     return top, d, rest
+
+
+def _softmax_parts(z, axis):
+    """(top, log Prob, Prob) along axis from one `_shift`, for the Jacobians and vjps."""
+    top, d, rest = _shift(z, axis)
+    return top, d - jnp.log1p(rest), jnp.exp(d) / (1 + rest)
 
 
 def log_softmax(z, axis: int = -1):
@@ -164,7 +175,7 @@ def softmax_jacobian(z):
     dProb(i)/dz_k = Prob(i) (delta_ik - Prob(k)); on the diagonal Prob(i) (1 - Prob(i)), with
     1 - Prob(i) = -expm1(log Prob(i)), exact where Prob(i) ~ 1.
     """
-    log_p, p = log_softmax(z), softmax(z)
+    _, log_p, p = _softmax_parts(z, -1)
     return jnp.where(
         jnp.eye(z.shape[-1], dtype=bool), jnp.diag(p * -jnp.expm1(log_p)), -jnp.outer(p, p)
     )
@@ -176,20 +187,20 @@ def log_softmax_jacobian(z):
     The diagonal 1 - Prob(i) is -expm1(log Prob(i)), exact where Prob(i) ~ 1.
     """
     k = z.shape[-1]
-    diagonal = jnp.broadcast_to(-jnp.expm1(log_softmax(z)), (k, k))
-    return jnp.where(jnp.eye(k, dtype=bool), diagonal, -jnp.broadcast_to(softmax(z), (k, k)))
+    _, log_p, p = _softmax_parts(z, -1)
+    diagonal = jnp.broadcast_to(-jnp.expm1(log_p), (k, k))
+    return jnp.where(jnp.eye(k, dtype=bool), diagonal, -jnp.broadcast_to(p, (k, k)))
 
 
 def softmax_vjp(z, g, axis: int = -1):
-    """g dp/dz = g (diag(p) - p p^T) = p * (g - sum_j g_j p_j), for rows g along axis.
+    """g dp/dz = g (diag(p) - p p^T) = p * (g - sum_j g_j p_j): rows g, p_i = Prob(i) on axis.
 
     As sum_j p_j = 1, g_i - sum_j g_j p_j = sum_j p_j (g_i - g_j)
     = p_t (g_i - g_t) + g_i (1 - p_t) - sum_{j != t} g_j p_j, with t the arg max of z and
     1 - p_t = -expm1(log p_t): exact for one-hot g (p_t (1 - p_t) at g = e_t), where
     g_t - g . p would round 1 - p_t; only the inherent cancellation of a general g remains.
     """
-    top = _shift(z, axis)[0]
-    log_p, p = log_softmax(z, axis=axis), softmax(z, axis=axis)
+    top, log_p, p = _softmax_parts(z, axis)
 
     def at_top(values):
         return jnp.sum(jnp.where(top, values, 0), axis=axis, keepdims=True)
@@ -199,13 +210,12 @@ def softmax_vjp(z, g, axis: int = -1):
 
 
 def log_softmax_vjp(z, g, axis: int = -1):
-    """g d log p/dz = g (I - 1 p^T): entry k is g_k - p_k sum_i g_i, for rows g along axis.
+    """g d log p/dz = g (I - 1 p^T), entry k g_k - p_k sum_i g_i: rows g, p_k = Prob(k) on axis.
 
     At t, the arg max of z, it is g_t (1 - p_t) - p_t sum_{i != t} g_i with 1 - p_t =
     -expm1(log p_t): exact for one-hot g, where g_t - p_t g_t would round 1 - p_t.
     """
-    top = _shift(z, axis)[0]
-    log_p, p = log_softmax(z, axis=axis), softmax(z, axis=axis)
+    top, log_p, p = _softmax_parts(z, axis)
     g_others = jnp.sum(jnp.where(top, 0, g), axis=axis, keepdims=True)
     g_sum = g_others + jnp.sum(jnp.where(top, g, 0), axis=axis, keepdims=True)
     return jnp.where(top, g * -jnp.expm1(log_p) - p * g_others, g - p * g_sum)

@@ -242,8 +242,11 @@ def cross_entropy_from_logits(logits, labels, unit: str = "nats"):
 
 
 def _rest_of_mass(q):
-    """Q - q_i = sum_{j != i} q_j for each i of rows q: summed directly for the largest q_i, where
-    Q - q_i would keep the rounding of Q (30 ulps at q = (0.99, 0.01)), as Q - q_i elsewhere."""
+    """Q - q_i = sum_{j != i} q_j for each i of the rows q (Q = sum_j q_j).
+
+    Summed directly for the largest q_i, where Q - q_i would keep the rounding of Q (30 ulps at
+    q = (0.99, 0.01)); elsewhere q_i <= Q / 2 and Q - q_i does not cancel.
+    """
     largest = jnp.argmax(q, axis=-1, keepdims=True)
     is_largest = jax.lax.broadcasted_iota(largest.dtype, q.shape, q.ndim - 1) == largest
     others = jnp.sum(jnp.where(is_largest, 0, q), axis=-1, keepdims=True)

@@ -9,11 +9,11 @@ exact, with 50 significant digits to spare beyond the formula's worst cancellati
 |z| = 700, 1 - tanh(z)^2 ~ 1e-608 comes out of numbers ~1, so mpmath works with 50 + 609 digits.
 
 Criterion (decided here). Wherever the exact value is a normal float64 (>= 2.2e-308 in
-magnitude), each element's relative error is at most TOL = 8 ulps (8 * 2.2e-16). Below that the
-result must be 0 or a subnormal (|error| < 2.2e-308): XLA on CPU flushes subnormals to zero, so
-gradual underflow is not promised. Where a soft label makes the derivative a difference of two
-rounded numbers of similar size (sigma(z) ~ y), that cancellation is inherent, and the bound is
-TOL times the size of those numbers.
+magnitude), each element's relative error is at most TOL_ULPS = 8 ulps (8 * 2.2e-16). Below
+that the result must be 0 or a subnormal (|error| < 2.2e-308): XLA on CPU flushes subnormals to
+zero, so gradual underflow is not promised. Where a soft label makes the derivative a difference
+of two rounded numbers of similar size (sigma(z) ~ y), that cancellation is inherent, and the
+bound is TOL_ULPS times the size of those numbers.
 
 Inputs. z = +-{0, 1e-8, 0.5, 1, 5, 10, 20, 30, 36, 40, 100, 300, 700} plus fresh draws from the
 `key` seed, labels 0 and 1 and soft labels. Multi-class rows (K = 2..5) put one logit far above
