@@ -412,8 +412,12 @@ def test_the_fixed_functions_keep_jit_and_vmap(key):
         (A.log_softmax, (z,)),
     ]
     args = [a for _, a in cases]
-    whole = jax.jit(lambda args: [f(*a) for (f, _), a in zip(cases, args)])(args)
-    rows = jax.jit(lambda args: [jax.vmap(f)(*a) for (f, _), a in zip(cases, args)])(args)
+    whole, rows = jax.jit(
+        lambda args: [
+            [(jax.vmap(f) if by_row else f)(*a) for (f, _), a in zip(cases, args)]
+            for by_row in (False, True)
+        ]
+    )(args)
     for (f, _), w, r in zip(cases, whole, rows):
         np.testing.assert_allclose(r, w, rtol=2 * EPS, atol=0, err_msg=f.__name__)
 
