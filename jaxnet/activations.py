@@ -7,6 +7,15 @@ gradients round to 0 beyond |a| ~ 37 and ~ 19; the true values are ~1e-16 to 1e-
 soft-max and log-soft-max act on the last axis; their Jacobians are written out too. Everything
 stays finite for logits of +-1e4 and beyond.
 
+Relative precision in saturation. Every derivative here is exact to a few float64 ulps of its
+own value wherever that value is a normal float64, however saturated the unit: no formula
+subtracts a number from 1 when the difference is tiny (1 - sigma(a), 1 - tanh(a)^2, 1 - Prob(i)
+are written sigma(-a), sech(a)^2, -expm1(log Prob(i))). Where the exact value is below the
+smallest normal float64 (2.2e-308) the result is 0 or that subnormal: XLA on CPU flushes
+subnormals to zero. The exceptions are inherent and written in the docstrings: swish' near its
+zero, and the roundings of beta a and of z_j - z_t before an exponential.
+tests/test_saturated_derivatives.py checks all this against mpmath.
+
 ReLU convention. The notes (000/001/002, appendix) take dReLU/da = 1 for a >= 0; `jax.nn.relu`
 uses 0 at a = 0. jaxnet's `relu` is a `jax.custom_jvp` that follows the notes, so `jax.grad`
 through a jaxnet network and the hand-written back-propagation agree even where an activation is
@@ -47,8 +56,15 @@ def tanh(a):
 
 
 def tanh_derivative(a):
-    """tanh'(a) = 1 - tanh(a)^2, as 1 / cosh(a)^2: the difference rounds to 0 for |a| > 19."""
-    return 1 / jnp.cosh(a) ** 2
+    """tanh'(a) = 1 - tanh(a)^2 = sech(a)^2 = 4 t / (1 + t)^2 with t = e^(-2|a|).
+
+    The difference 1 - tanh^2 rounds to 0 for |a| > 19. 1 / cosh(a)^2 keeps the value but not
+    its last digits: XLA's cosh(a) is e^(a - log 2) + e^(-a - log 2), and rounding a - log 2
+    costs up to |a| ulp / 2 (18 ulps at |a| = 36). 2|a| is exact, so t costs one rounding; and
+    nothing overflows.
+    """
+    t = jnp.exp(-2 * jnp.abs(a))
+    return 4 * t / (1 + t) ** 2
 
 
 @tanh.defjvp
@@ -78,14 +94,25 @@ def _relu_jvp(primals, tangents):
 
 
 def swish(a, beta: float = 1.0):
-    """swish(a) = a sigma(beta a) (slides 003); beta = 1 is SiLU."""
-    return a * jax.nn.sigmoid(beta * a)
+    """swish(a) = a sigma(beta a) (slides 003); beta = 1 is SiLU.
+
+    Through jaxnet's `sigmoid`, so jax.grad gets sigma' = sigma(x) sigma(-x), not JAX's
+    sigma (1 - sigma) (12 ulps off at a = 30).
+    """
+    return a * sigmoid(beta * a)
 
 
 def swish_derivative(a, beta: float = 1.0):
-    """swish'(a) = sigma(beta a) + beta a sigma(beta a) (1 - sigma(beta a))."""
-    s = jax.nn.sigmoid(beta * a)
-    return s + beta * a * s * jax.nn.sigmoid(-beta * a)
+    """swish'(a) = sigma(x) + beta a sigma'(x) = sigma(x) (1 + x sigma(-x)) with x = beta a.
+
+    sigma'(x) = sigma(x) (1 - sigma(x)) = sigma(x) sigma(-x). Exact to a few ulps except near the
+    minimum of swish, x = -1.2785, where swish' = 0 and any formula loses digits to the
+    cancellation 1 + x sigma(-x); and where beta a itself rounds (beta not a power of 2), which
+    moves sigma(x) by up to |x| ulp / 2, as for any float64 formula fed x = beta a.
+    """
+    x = beta * a
+    s = jax.nn.sigmoid(x)
+    return s + x * s * jax.nn.sigmoid(-x)
 
 
 def identity(a):
@@ -98,27 +125,100 @@ def identity_derivative(a):
     return jnp.ones_like(a)
 
 
+def _shift(z, axis):
+    """Logits z shifted by their largest entry z_t along axis, as (top, d, rest).
+
+    top marks t (the first arg max, on ties); d = z - z_t, a constant 0 at t whatever z_t (no
+    gradient flows there); rest = sum_{j != t} exp(d_j), at most K - 1.
+    """
+    axis = axis % z.ndim
+    t = jnp.argmax(z, axis=axis, keepdims=True)
+    top = jax.lax.broadcasted_iota(t.dtype, z.shape, axis) == t
+    d = jnp.where(top, 0, z - jnp.take_along_axis(z, t, axis=axis))
+    rest = jnp.sum(jnp.where(top, 0, jnp.exp(d)), axis=axis, keepdims=True)
+    return top, d, rest
+
+
+def _softmax_parts(z, axis):
+    """(top, log Prob, Prob) along axis from one `_shift`, for the Jacobians and vjps."""
+    top, d, rest = _shift(z, axis)
+    return top, d - jnp.log1p(rest), jnp.exp(d) / (1 + rest)
+
+
 def log_softmax(z, axis: int = -1):
-    """log Prob(i) = z_i - log sum_j exp(z_j) (notes 004), shifted by max z: it never overflows."""
-    shifted = z - jax.lax.stop_gradient(jnp.max(z, axis=axis, keepdims=True))
-    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
+    """log Prob(i) = z_i - log sum_j exp(z_j) (notes 004), shifted by the largest z_t.
+
+    log sum_j exp(z_j) = z_t + log1p(sum_{j != t} exp(z_j - z_t)): nothing overflows, and
+    log Prob(t) = -log1p(...) stays exact when Prob(t) ~ 1 (log(1 + 1e-13) is 1e-3 off), so
+    1 - Prob(t) = -expm1(log Prob(t)) is exact too. The shift carries its gradient (no
+    stop_gradient) and z_t - z_t is a constant 0, so jax.grad is exact as well: the reverse pass
+    never forms 1 - (1 - Prob(t)). Entry j != t rounds z_j - z_t first, which moves it by up to
+    |z_j - z_t| ulp / 2 of z_j - z_t, as in any soft-max.
+    """
+    _, d, rest = _shift(z, axis)
+    return d - jnp.log1p(rest)
 
 
 def softmax(z, axis: int = -1):
-    """Prob(i) = exp(z_i) / sum_j exp(z_j): a point of the soft-max simplex (notes 000, Sec. 1)."""
-    return jnp.exp(log_softmax(z, axis=axis))
+    """Prob(i) = exp(z_i) / sum_j exp(z_j): a point of the soft-max simplex (notes 000, Sec. 1).
+
+    As exp(z_i - z_t) / (1 + sum_{j != t} exp(z_j - z_t)): exp(log Prob(i)) would lose
+    |log Prob(i)| ulp / 2 (16 ulps at Prob(i) = 1e-14) to the rounding of log Prob(i).
+    """
+    _, d, rest = _shift(z, axis)
+    return jnp.exp(d) / (1 + rest)
 
 
 def softmax_jacobian(z):
-    """dp/dz = diag(p) - p p^T for one vector of logits z (p = softmax(z))."""
-    p = softmax(z)
-    return jnp.diag(p) - jnp.outer(p, p)
+    """dp/dz = diag(p) - p p^T for one vector of logits z (p = softmax(z)).
+
+    dProb(i)/dz_k = Prob(i) (delta_ik - Prob(k)); on the diagonal Prob(i) (1 - Prob(i)), with
+    1 - Prob(i) = -expm1(log Prob(i)), exact where Prob(i) ~ 1.
+    """
+    _, log_p, p = _softmax_parts(z, -1)
+    return jnp.where(
+        jnp.eye(z.shape[-1], dtype=bool), jnp.diag(p * -jnp.expm1(log_p)), -jnp.outer(p, p)
+    )
 
 
 def log_softmax_jacobian(z):
-    """d log Prob(i) / dz_k = delta_ik - Prob(k) (notes 004), i.e. I - 1 p^T."""
-    p = softmax(z)
-    return jnp.eye(z.shape[-1], dtype=p.dtype) - jnp.broadcast_to(p, (z.shape[-1], z.shape[-1]))
+    """d log Prob(i) / dz_k = delta_ik - Prob(k) (notes 004), i.e. I - 1 p^T.
+
+    The diagonal 1 - Prob(i) is -expm1(log Prob(i)), exact where Prob(i) ~ 1.
+    """
+    k = z.shape[-1]
+    _, log_p, p = _softmax_parts(z, -1)
+    diagonal = jnp.broadcast_to(-jnp.expm1(log_p), (k, k))
+    return jnp.where(jnp.eye(k, dtype=bool), diagonal, -jnp.broadcast_to(p, (k, k)))
+
+
+def softmax_vjp(z, g, axis: int = -1):
+    """g dp/dz = g (diag(p) - p p^T) = p * (g - sum_j g_j p_j): rows g, p_i = Prob(i) on axis.
+
+    As sum_j p_j = 1, g_i - sum_j g_j p_j = sum_j p_j (g_i - g_j)
+    = p_t (g_i - g_t) + g_i (1 - p_t) - sum_{j != t} g_j p_j, with t the arg max of z and
+    1 - p_t = -expm1(log p_t): exact for one-hot g (p_t (1 - p_t) at g = e_t), where
+    g_t - g . p would round 1 - p_t; only the inherent cancellation of a general g remains.
+    """
+    top, log_p, p = _softmax_parts(z, axis)
+
+    def at_top(values):
+        return jnp.sum(jnp.where(top, values, 0), axis=axis, keepdims=True)
+
+    gp_others = jnp.sum(jnp.where(top, 0, g * p), axis=axis, keepdims=True)
+    return p * (at_top(p) * (g - at_top(g)) + g * at_top(-jnp.expm1(log_p)) - gp_others)
+
+
+def log_softmax_vjp(z, g, axis: int = -1):
+    """g d log p/dz = g (I - 1 p^T), entry k g_k - p_k sum_i g_i: rows g, p_k = Prob(k) on axis.
+
+    At t, the arg max of z, it is g_t (1 - p_t) - p_t sum_{i != t} g_i with 1 - p_t =
+    -expm1(log p_t): exact for one-hot g, where g_t - p_t g_t would round 1 - p_t.
+    """
+    top, log_p, p = _softmax_parts(z, axis)
+    g_others = jnp.sum(jnp.where(top, 0, g), axis=axis, keepdims=True)
+    g_sum = g_others + jnp.sum(jnp.where(top, g, 0), axis=axis, keepdims=True)
+    return jnp.where(top, g * -jnp.expm1(log_p) - p * g_others, g - p * g_sum)
 
 
 POINT_ACTIVATIONS = {

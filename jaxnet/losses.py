@@ -55,6 +55,33 @@ def _xlogy(x, y):
     return jnp.where(positive, x * jnp.log(jnp.where(positive, y, 1)), 0)
 
 
+def _xlog1m(x, y):
+    """x log(1 - y), 0 where x = 0: log1p(-y) for y < 1/4, where 1 - y would round.
+
+    Not beyond: XLA's log1p is up to 118 ulps off on [-0.414, -0.355], and 1 - y costs at most
+    an ulp from y = 1/4 on.
+    """
+    positive = x != 0
+    y = jnp.where(positive, y, 0)
+    return jnp.where(positive, x * jnp.where(y < 0.25, jnp.log1p(-y), jnp.log(1 - y)), 0)
+
+
+@jax.custom_jvp
+def _softplus(x):
+    """log(1 + e^x) without overflow; jax.grad uses its derivative sigma(x) = `sigmoid`.
+
+    JAX's own derivative of logaddexp(0, x), exp(x - logaddexp(0, x)), rounds the difference
+    (11 ulps at x = -30 and x = 30), and a loss built on it would not differentiate exactly.
+    """
+    return jnp.logaddexp(0.0, x)
+
+
+@_softplus.defjvp
+def _softplus_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return _softplus(x), sigmoid(x) * dx
+
+
 def _in_range(labels, num_classes: int):
     """True where a class index is in [0, num_classes); traceable, so it works under jit."""
     below = labels < num_classes
@@ -129,29 +156,48 @@ def binary_cross_entropy(p, y, unit: str = "nats"):
     binary cross-entropy.
     """
     _check_same_shape("binary_cross_entropy", p, y)
-    return _sum_per_sample(-(_xlogy(y, p) + _xlogy(1 - y, 1 - p))) / _log_base(unit)
+    return _sum_per_sample(-(_xlogy(y, p) + _xlog1m(1 - y, p))) / _log_base(unit)
 
 
 def binary_cross_entropy_derivative(p, y, unit: str = "nats"):
-    """dl/dp = -y / p + (1 - y) / (1 - p) = (p - y) / (p (1 - p)) (notes 004)."""
-    return (jnp.where(y != 1, (1 - y) / (1 - p), 0) - jnp.where(y != 0, y / p, 0)) / _log_base(unit)
+    """dl/dp = -y / p + (1 - y) / (1 - p) = (p - y) / (p (1 - p)) (notes 004).
+
+    Computed as (p - y) / (p (1 - p)): p - y is exact where p ~ y (Sterbenz), whereas the two
+    terms of the sum cancel there (1e9 ulps off at y = 0.3, p = y + 1e-10). Below 2^-500, p and
+    y are scaled by 2^500 (exactly) first, so that p - y does not flush to zero. For y = 1 and
+    y = 0 the single terms -1/p and 1/(1 - p), also exact, are finite at p = 1 and p = 0.
+    """
+    soft = (y != 0) & (y != 1)
+    scale = jnp.where(p < 2.0**-500, 2.0**500, 1.0)
+    ratio = (p * scale - y * scale) / jnp.where(soft, p * scale * (1 - p), 1)
+    hard = jnp.where(y == 1, -1 / jnp.where(y == 1, p, 1), 1 / jnp.where(y == 0, 1 - p, 1))
+    return jnp.where(soft, ratio, hard) / _log_base(unit)
 
 
 def binary_cross_entropy_from_logits(z, y, unit: str = "nats"):
     """The same loss of p = sigma(z), as y log(1 + e^-z) + (1 - y) log(1 + e^z).
 
     Finite for |z| = 1e4 and beyond. The equal form log(1 + e^z) - y z cancels when the loss is
-    small (1e-12 relative at z = 8, y = 1).
+    small (1e-12 relative at z = 8, y = 1). Under jax.grad, log(1 + e^x) differentiates to
+    sigma(x), so the gradient is (1 - y) sigma(z) - y sigma(-z): exact for 0/1 labels.
     """
     _check_same_shape("binary_cross_entropy_from_logits", z, y)
-    return _sum_per_sample(
-        y * jnp.logaddexp(0.0, -z) + (1 - y) * jnp.logaddexp(0.0, z)
-    ) / _log_base(unit)
+    return _sum_per_sample(y * _softplus(-z) + (1 - y) * _softplus(z)) / _log_base(unit)
 
 
 def binary_cross_entropy_from_logits_derivative(z, y, unit: str = "nats"):
-    """dl/dz = sigma(z) - y: the sigmoid's derivative cancels (notes 004, slides 003)."""
-    return (sigmoid(z) - y) / _log_base(unit)
+    """dl/dz = sigma(z) - y: the sigmoid's derivative cancels (notes 004, slides 003).
+
+    sigma(z) - y = (1 - y) sigma(z) - y sigma(-z), as 1 - sigma(z) = sigma(-z). It is evaluated
+    as sigma(z) - y for z <= 0 and as (1 - y) - sigma(-z) for z > 0, where sigma(z) would round
+    to 1 (sigma(40) - 1 = 0 instead of -4.25e-18): exact to a few ulps for 0/1 labels at every
+    z. For a soft label y in (0, 1) the cancellation where sigma(z) ~ y is inherent (sigma(z)
+    carries a rounding of its own); the error is then a few ulps of min(sigma(z), sigma(-z)),
+    never more than that of sigma(z) - y.
+    """
+    direct = sigmoid(z) - y
+    complement = (1 - y) - sigmoid(-z)
+    return jnp.where(z > 0, complement, direct) / _log_base(unit)
 
 
 def multi_output_binary_cross_entropy(a, y, unit: str = "nats"):
@@ -195,14 +241,32 @@ def cross_entropy_from_logits(logits, labels, unit: str = "nats"):
     return -jnp.sum(q * log_softmax(logits), axis=-1) / _log_base(unit)
 
 
-def cross_entropy_from_logits_derivative(logits, labels, unit: str = "nats"):
-    """dl/dz_i = Prob(i) - q_i = p - q when q sums to 1.
+def _rest_of_mass(q):
+    """Q - q_i = sum_{j != i} q_j for each i of the rows q (Q = sum_j q_j).
 
-    Notes 004: d log Prob(k)/dz_i = delta_ik - Prob(i). A row of NaN for an integer label
-    outside [0, K).
+    Summed directly for the largest q_i, where Q - q_i would keep the rounding of Q (30 ulps at
+    q = (0.99, 0.01)); elsewhere q_i <= Q / 2 and Q - q_i does not cancel.
+    """
+    largest = jnp.argmax(q, axis=-1, keepdims=True)
+    is_largest = jax.lax.broadcasted_iota(largest.dtype, q.shape, q.ndim - 1) == largest
+    others = jnp.sum(jnp.where(is_largest, 0, q), axis=-1, keepdims=True)
+    return jnp.where(is_largest, others, jnp.sum(q, axis=-1, keepdims=True) - q)
+
+
+def cross_entropy_from_logits_derivative(logits, labels, unit: str = "nats"):
+    """dl/dz_i = Prob(i) sum_k q_k - q_i, i.e. p - q when q sums to 1.
+
+    Notes 004: d log Prob(k)/dz_i = delta_ik - Prob(i), so dl/dz_i = -sum_k q_k (delta_ik -
+    Prob(i)). Written Q = sum_k q_k, this is Prob(i) (Q - q_i) + q_i (Prob(i) - 1), as
+    Prob(i) Q - Prob(i) q_i + q_i Prob(i) - q_i = Prob(i) Q - q_i, for any q. Here
+    Q - q_i = sum_{j != i} q_j and Prob(i) - 1 = expm1(log Prob(i)) from the log-soft-max, so it
+    is exact for one-hot q even at Prob(i) = 1 - 1e-13, where Prob(i) - 1 rounds (6e-4 off).
+    For soft q the cancellation of the two terms where Prob(i) ~ q_i is inherent. A row of NaN
+    for an integer label outside [0, K).
     """
     q = as_distribution(labels, logits)
-    return (softmax(logits) * jnp.sum(q, axis=-1, keepdims=True) - q) / _log_base(unit)
+    log_p, p = log_softmax(logits), softmax(logits)
+    return (p * _rest_of_mass(q) + q * jnp.expm1(log_p)) / _log_base(unit)
 
 
 # ------------------------------------------------------------------------------ zero-one and top-k
@@ -290,7 +354,7 @@ def binary_entropy(q, unit: str = "bits"):
 
     1 bit at q = 1/2, 0 at q = 0 and 1.
     """
-    return -(_xlogy(q, q) + _xlogy(1 - q, 1 - q)) / _log_base(unit)
+    return -(_xlogy(q, q) + _xlog1m(1 - q, q)) / _log_base(unit)
 
 
 def cross_entropy_between(p, q, unit: str = "bits", axis: int = -1):

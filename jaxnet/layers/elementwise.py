@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import jax.numpy as jnp
 
@@ -23,8 +24,8 @@ def diagonal_jacobian(values):
     )
 
 
-def elementwise(name: str, f, f_prime) -> Layer:
-    """A layer applying the point function f entrywise, with derivative f'."""
+def elementwise(name: str, f, f_prime, spec=None) -> Layer:
+    """A layer applying the point function f entrywise, with derivative f'; spec: its settings."""
 
     def init(key, input_shape):
         return tuple(input_shape), ()
@@ -38,7 +39,7 @@ def elementwise(name: str, f, f_prime) -> Layer:
     def vjp(params, x, g, *, key=None):
         return (), g * f_prime(x)
 
-    return Layer(name, init, apply, jacobians, vjp, {})
+    return Layer(name, init, apply, jacobians, vjp, dict(spec or {}))
 
 
 Sigmoid = elementwise("sigmoid", act.sigmoid, act.sigmoid_derivative)
@@ -48,11 +49,17 @@ Identity = elementwise("identity", act.identity, act.identity_derivative)
 
 
 def Swish(beta: float = 1.0) -> Layer:
-    """x = a sigma(beta a), entrywise."""
+    """x = a sigma(beta a), entrywise; spec {"beta": beta}."""
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+        raise TypeError(f"Swish beta must be a real number, got {beta!r}")
+    if not math.isfinite(beta):
+        raise ValueError(f"Swish beta must be finite, got {beta!r}")
+    beta = float(beta)
     return elementwise(
         "swish",
         functools.partial(act.swish, beta=beta),
         functools.partial(act.swish_derivative, beta=beta),
+        {"beta": beta},
     )
 
 
@@ -70,8 +77,7 @@ def _softmax_apply(params, x, *, key=None):
 
 
 def _softmax_vjp(params, x, g, *, key=None):
-    p = act.softmax(x)
-    return (), p * (g - jnp.sum(g * p, axis=-1, keepdims=True))  # g (diag(p) - p p^T)
+    return (), act.softmax_vjp(x, g)  # g (diag(p) - p p^T)
 
 
 def _log_softmax_apply(params, x, *, key=None):
@@ -80,8 +86,7 @@ def _log_softmax_apply(params, x, *, key=None):
 
 
 def _log_softmax_vjp(params, x, g, *, key=None):
-    p = act.softmax(x)
-    return (), g - p * jnp.sum(g, axis=-1, keepdims=True)  # g (I - 1 p^T)
+    return (), act.log_softmax_vjp(x, g)  # g (I - 1 p^T)
 
 
 def _same_shape(key, input_shape):
