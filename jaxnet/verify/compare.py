@@ -21,6 +21,7 @@ import numpy as np
 AT_KINK = ("either", "left", "right", "fail")
 _FLOOR = 1e-4  # times tolerance times the largest entry
 _FD_SAFETY = 2.0  # Ridders' estimate is an estimate
+_KINK = 1e-6
 
 
 def relative_error(a, b) -> float:
@@ -62,14 +63,17 @@ def _allowance(given, reference, tolerance, floor, error=0.0):
     return tolerance * np.maximum(np.abs(given), np.abs(reference)) + floor + _FD_SAFETY * error
 
 
-def find_kinks(fd, tolerance, floor):
-    """Entries whose left and right differences disagree beyond their error estimates."""
+def find_kinks(fd, scale):
+    """Entries whose left and right differences disagree beyond their error estimates.
+
+    And by more than 1e-6 relative: one-sided estimates are coarser than central ones, and a
+    kink is no subtle thing.
+    """
     both = np.isfinite(fd.left) & np.isfinite(fd.right)
     with np.errstate(invalid="ignore"):
         gap = np.abs(fd.left - fd.right)
-        allowed = _allowance(
-            fd.left, fd.right, tolerance, floor, 2 * (fd.left_error + fd.right_error)
-        )
+        size = np.maximum(np.abs(fd.left), np.abs(fd.right)) + 1e-3 * scale
+        allowed = _KINK * size + 4 * (fd.left_error + fd.right_error)
         return both & (gap > allowed)
 
 
@@ -101,7 +105,7 @@ def compare(given, autodiff, fd, tolerance, at_kink="either") -> Comparison:
         resolved = np.isfinite(fd.estimate) & np.isfinite(fd.error)
         allowance = _allowance(given, fd.estimate, tolerance, floor, fd.error)
         fd_excess = np.where(resolved, _excess(given, fd.estimate, allowance), 0.0)
-        kinks = find_kinks(fd, tolerance, floor)
+        kinks = find_kinks(fd, scale if np.isfinite(scale) else 0.0)
         excess = np.where(
             kinks, _kink_excess(given, fd, at_kink, tolerance, floor), np.maximum(excess, fd_excess)
         )

@@ -1,8 +1,9 @@
 """Finite differences that respect f's domain and scale, refined by Ridders' extrapolation.
 
-Steps are relative: h_i = step * clip(|x_i|, floor, 1), so -log p at p = 1e-10 is probed within
+Steps are relative: h_i = step * clip(|x_i|, floor, 1), so -log p at p = 1e-2 is probed within
 its domain, while a logit of 1e4 is not probed with steps of 1e3 (its scale is that of the
-function, not of x). Where f is not finite at a probe (NaN or Inf: a domain boundary), the step
+function, not of x), and x_i = 0 not with steps so small that f's rounding drowns them.
+Where f is not finite at a probe (NaN or Inf: a domain boundary), the step
 of that input shrinks by 4 until both probes are finite, then once more for a margin. An input
 whose probes never both become finite (x on the boundary, as sqrt at 0) keeps the one finite
 side: one-sided differences.
@@ -23,7 +24,8 @@ import numpy as np
 
 from jaxnet.verify.flat import flat, jit_once, require_x64
 
-STEP, LEVELS, FLOOR = 0.1, 10, 1e-6
+STEP, LEVELS, FLOOR = 0.1, 10, 1e-2
+_EPS = np.finfo(np.float64).eps
 _SHRINK, _MAX_SHRINKS = 4.0, 30
 
 
@@ -44,12 +46,15 @@ class FiniteDifferences:
     steps: np.ndarray
 
 
-def ridders(table, order: int):
+def ridders(table, order: int, noise=None):
     """The best entry of a Richardson table over steps h / 2^k, and its error estimate.
 
     `table` is (levels, ...); `order` is 2 for central differences (error in h^2, h^4, ...)
     and 1 for one-sided ones (h, h^2, ...). NaN entries (outside f's domain) are skipped.
+    `noise` (like table) bounds each error below: the rounding of f divided by the step, which
+    the change between neighbours misses where it is quantized to the same few ulps.
     """
+    noise = np.zeros(table.shape) if noise is None else noise
     best, error = table[0], np.full(table.shape[1:], np.inf)
     previous = [table[0]]
     with np.errstate(invalid="ignore", over="ignore"):
@@ -59,6 +64,7 @@ def ridders(table, order: int):
                 row.append((factor * row[j - 1] - previous[j - 1]) / (factor - 1))
                 factor *= 2.0**order
                 change = np.maximum(np.abs(row[j] - row[j - 1]), np.abs(row[j] - previous[j - 1]))
+                change = np.maximum(change, noise[i])
                 better = change < error  # False where NaN
                 best, error = np.where(better, row[j], best), np.where(better, change, error)
             previous = row
@@ -134,12 +140,16 @@ def _combine(f0, plus, minus, h_up, h_down, h):
             np.where(np.isfinite(plus), plus, np.nan),
             np.where(np.isfinite(minus), minus, np.nan),
         )
+        size = lambda *fs: 4 * _EPS * sum(np.abs(f) for f in fs)  # rounding, amplified
         right = swap((plus - f0) / h_up[..., None])
+        right_noise = swap(size(plus, f0) / h_up[..., None])
         left = swap((f0 - minus) / h_down[..., None])
+        left_noise = swap(size(minus, f0) / h_down[..., None])
         central = swap((plus - minus) / (h_up + h_down)[..., None])
-    right, right_error = ridders(right, 1)
-    left, left_error = ridders(left, 1)
-    central, central_error = ridders(central, 2)
+        central_noise = swap(size(plus, minus) / (h_up + h_down)[..., None])
+    right, right_error = ridders(right, 1, right_noise)
+    left, left_error = ridders(left, 1, left_noise)
+    central, central_error = ridders(central, 2, central_noise)
     use_central = np.isfinite(central_error)
     one_side = np.where(np.isfinite(right_error), right, left)
     one_side_error = np.where(np.isfinite(right_error), right_error, left_error)

@@ -11,18 +11,13 @@ LAYOUTS = ("jacrev", "matrix")
 def jacrev_layout(out, x):
     """The shapes jax.jacrev(f)(x) has when f(x) is `out`: per output leaf, x's tree of
     out_shape + in_shape blocks (for a scalar f, x's own structure: jax.grad's layout)."""
-    return jax.tree_util.tree_map(
-        lambda o: jax.tree_util.tree_map(lambda i: tuple(o.shape) + tuple(np.shape(i)), x), out
-    )
+    block = lambda o, i: jax.ShapeDtypeStruct(tuple(o.shape) + tuple(np.shape(i)), np.float64)
+    return jax.tree_util.tree_map(lambda o: jax.tree_util.tree_map(lambda i: block(o, i), x), out)
 
 
-def _leaves_with_paths(tree, is_leaf=None):
-    pairs = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+def _leaves_with_paths(tree):
+    pairs = jax.tree_util.tree_flatten_with_path(tree)[0]
     return [(jax.tree_util.keystr(path) or "(root)", leaf) for path, leaf in pairs]
-
-
-def _is_shape(s):
-    return isinstance(s, tuple) and all(isinstance(d, int) for d in s)
 
 
 def structure_mismatch(given, out, x, layout: str, what: str = "Jacobian"):
@@ -31,7 +26,7 @@ def structure_mismatch(given, out, x, layout: str, what: str = "Jacobian"):
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if layout == "matrix":
         return _matrix_mismatch(given, out, x, what)
-    expected = _leaves_with_paths(jacrev_layout(out, x), is_leaf=_is_shape)
+    expected = [(p, s.shape) for p, s in _leaves_with_paths(jacrev_layout(out, x))]
     try:
         given_leaves = [(p, np.shape(leaf)) for p, leaf in _leaves_with_paths(given)]
     except (TypeError, ValueError) as error:  # a leaf numpy cannot shape
@@ -52,7 +47,7 @@ def structure_mismatch(given, out, x, layout: str, what: str = "Jacobian"):
             f"{what} structure differs from {_reference(what)}: expected {len(expected)} leaves "
             f"{[p for p, _ in expected]}, given {len(given_leaves)}"
         )
-    want = jax.tree_util.tree_structure(jacrev_layout(out, x), is_leaf=_is_shape)
+    want = jax.tree_util.tree_structure(jacrev_layout(out, x))
     have = jax.tree_util.tree_structure(given)
     if want != have:
         return f"{what} structure differs from {_reference(what)}: expected {want}, given {have}"
@@ -125,7 +120,7 @@ def element_name(out, x, row: int, col: int) -> str:
     out_leaves, x_leaves = jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(x)
     a, r = _locate([np.shape(o) for o in out_leaves], row)
     b, c = _locate([np.shape(i) for i in x_leaves], col)
-    paths = [p for p, _ in _leaves_with_paths(jacrev_layout(out, x), is_leaf=_is_shape)]
+    paths = [p for p, _ in _leaves_with_paths(jacrev_layout(out, x))]
     path = paths[a * len(x_leaves) + b]
     index = r + c
     return f"{path}[{', '.join(map(str, index))}]" if index else path
