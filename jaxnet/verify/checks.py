@@ -89,6 +89,14 @@ def _check(f, given, x, name, tolerance, layout, at_kink, finite_differences, fd
         f"left {lft:.6g}, right {rgt:.6g}, given {d:.6g}"
         for r, c, lft, rgt, d in verdict.kinks
     ]
+    notes = _first(kinks)
+    if verdict.autodiff_not_finite:
+        first = where(*verdict.autodiff_not_finite[0])
+        count = len(verdict.autodiff_not_finite)
+        notes.append(
+            f"jax's derivative is not finite at {count} element(s) ({first}, ...): "
+            "judged by finite differences alone"
+        )
     worst = where(*verdict.worst) if verdict.worst else ""
     message = "" if verdict.passed else _failure_line(worst, verdict, tolerance)
     return CheckResult(
@@ -100,9 +108,14 @@ def _check(f, given, x, name, tolerance, layout, at_kink, finite_differences, fd
         verdict.passed,
         worst,
         verdict.worst_relative_error,
-        "; ".join(filter(None, [message, *kinks])),
+        "; ".join(filter(None, [message, *notes])),
         kinks,
     )
+
+
+def _first(kinks, shown=3):
+    more = len(kinks) - shown
+    return kinks[:shown] + ([f"and {more} more such elements"] if more > 0 else [])
 
 
 def _failure_line(worst, verdict, tolerance):

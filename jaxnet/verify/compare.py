@@ -9,7 +9,8 @@ differences cannot resolve does not fail a right formula.
 Where the left and right one-sided differences disagree beyond their error estimates, f has a
 kink: the entry is judged against the side(s) `at_kink` names ("either" by default, "left",
 "right", or "fail" to refuse any kink), for autodiff as well: JAX's ReLU'(0) = 0 is one
-convention, the notes' 1 another.
+convention, the notes' 1 another. Where jax's derivative is not finite (sqrt(x)^4 at 0: NaN),
+finite differences alone judge.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import dataclasses
 
 import numpy as np
 
+from jaxnet.verify.finite_differences import find_kinks
+
 AT_KINK = ("either", "left", "right", "fail")
 _FLOOR = 1e-4  # times tolerance times the largest entry
 _FD_SAFETY = 2.0  # Ridders' estimate is an estimate
-_KINK = 1e-6
 
 
 def relative_error(a, b) -> float:
@@ -49,6 +51,7 @@ class Comparison:
     worst_relative_error: float
     worst_values: dict
     kinks: list  # (row, col, left, right, given)
+    autodiff_not_finite: list  # (row, col): judged by finite differences alone
 
 
 def _excess(given, reference, allowance):
@@ -61,20 +64,6 @@ def _excess(given, reference, allowance):
 
 def _allowance(given, reference, tolerance, floor, error=0.0):
     return tolerance * np.maximum(np.abs(given), np.abs(reference)) + floor + _FD_SAFETY * error
-
-
-def find_kinks(fd, scale):
-    """Entries whose left and right differences disagree beyond their error estimates.
-
-    And by more than 1e-6 relative: one-sided estimates are coarser than central ones, and a
-    kink is no subtle thing.
-    """
-    both = np.isfinite(fd.left) & np.isfinite(fd.right)
-    with np.errstate(invalid="ignore"):
-        gap = np.abs(fd.left - fd.right)
-        size = np.maximum(np.abs(fd.left), np.abs(fd.right)) + 1e-3 * scale
-        allowed = _KINK * size + 4 * (fd.left_error + fd.right_error)
-        return both & (gap > allowed)
 
 
 def _kink_excess(given, fd, at_kink, tolerance, floor):
@@ -97,8 +86,11 @@ def compare(given, autodiff, fd, tolerance, at_kink="either") -> Comparison:
     scale = max(np.max(np.abs(a), initial=0.0) for a in [given, *references])
     floor = _FLOOR * tolerance * (scale if np.isfinite(scale) else 0.0)
     excess = np.zeros(given.shape)
+    blind = np.zeros(given.shape, bool)  # where jax's derivative is not finite (sqrt'(0) * 0)
     for a in references:
-        excess = np.maximum(excess, _excess(given, a, _allowance(given, a, tolerance, floor)))
+        blind |= ~np.isfinite(a) & (fd is not None)
+        ad_excess = _excess(given, a, _allowance(given, a, tolerance, floor))
+        excess = np.maximum(excess, np.where(blind, 0.0, ad_excess))
     kinks = np.zeros(given.shape, bool)
     resolved = np.zeros(given.shape, bool)
     if fd is not None:
@@ -109,11 +101,11 @@ def compare(given, autodiff, fd, tolerance, at_kink="either") -> Comparison:
         excess = np.where(
             kinks, _kink_excess(given, fd, at_kink, tolerance, floor), np.maximum(excess, fd_excess)
         )
-    return _verdict(given, references, fd, excess, kinks, resolved)
+    return _verdict(given, references, fd, excess, kinks, resolved, blind)
 
 
-def _verdict(given, references, fd, excess, kinks, resolved):
-    smooth = ~kinks
+def _verdict(given, references, fd, excess, kinks, resolved, blind):
+    smooth = ~kinks & ~blind
     vs_ad = max(
         (relative_error(np.where(smooth, given, 0), np.where(smooth, a, 0)) for a in references),
         default=float("nan"),
@@ -144,4 +136,5 @@ def _verdict(given, references, fd, excess, kinks, resolved):
         for r, c in zip(*np.nonzero(kinks))
     ]
     passed = bool(np.all(excess <= 1.0))
-    return Comparison(passed, vs_ad, vs_fd, worst, rel, values, kink_list)
+    blind_list = [(int(r), int(c)) for r, c in zip(*np.nonzero(blind))]
+    return Comparison(passed, vs_ad, vs_fd, worst, rel, values, kink_list, blind_list)

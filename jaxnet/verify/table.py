@@ -10,8 +10,8 @@ STREAM_WIDTHS = (72, 40, 16, 14, 6)
 def _cells(result):
     fmt = lambda e: "n/a" if e is None or e != e else f"{e:.1e}"
     verdict = "pass" if result.passed else "FAIL"
-    if result.passed and result.kinks:
-        verdict = "pass*"  # a kink, noted below the table
+    if result.passed and result.message:
+        verdict = "pass*"  # a kink or a note, printed below the table
     return (
         result.name,
         result.shapes,
