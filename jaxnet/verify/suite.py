@@ -17,6 +17,24 @@ def _normal(rng, shape):
     return jnp.asarray(rng.standard_normal(shape))
 
 
+def _init(rng, layer, in_shape):
+    """(out_shape, params): params of init's shapes drawn with numpy, 0.5 standard normal.
+
+    jax's initialisers would compile a kernel per shape, for numbers run once.
+    """
+    out = []  # the Python out_shape, which eval_shape would turn into arrays if returned
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+    def init(k):
+        out_shape, params = layer.init(k, tuple(in_shape))
+        out.append(out_shape)
+        return params
+
+    shapes = jax.eval_shape(init, key)
+    draw = lambda s: jnp.asarray(0.5 * rng.standard_normal(s.shape))
+    return out[0], jax.tree_util.tree_map(draw, shapes)
+
+
 def _split(key):
     return jax.random.split(key, 3)
 
@@ -56,6 +74,7 @@ def _layer_checks(rng, key):
         ("LayerNorm on (L, C)", L.LayerNorm(), (3, 5)),
         ("BatchNorm on (L, C), coupled batch", L.BatchNorm(), (3, 2)),
         ("Flatten", L.Flatten, (3, 2, 2)),
+        ("Identity", L.Identity, (4,)),
         ("Sigmoid", L.Sigmoid, (9,)),
         ("Tanh", L.Tanh, (9,)),
         ("Relu", L.Relu, (3, 3, 2)),
@@ -104,8 +123,7 @@ def _one_layer_checks(rng, name, layer, in_shape, k_init, k_drop):
     """check_jacobian of one layer's J_x and J_params for sample n = 1 of a batch of 3."""
     from jaxnet.layers.base import couples_batch, sample
 
-    _, params = layer.init(k_init, in_shape)
-    params = jax.tree_util.tree_map(lambda p: p + 0.1 * _normal(rng, p.shape), params)
+    _, params = _init(rng, layer, in_shape)
     x = _batch(rng, 3, in_shape)
     drop_key = k_drop if "training" in name else None
     n = 1
@@ -141,7 +159,7 @@ def _notes_layer_checks(rng, key):
     from jaxnet import activations as A
     from jaxnet import layers as L
 
-    _, params = L.Dense(6).init(key, (4,))
+    _, params = _init(rng, L.Dense(6), (4,))
     params = {"W": params["W"], "b": 0.3 * _normal(rng, (6,))}
     x = _normal(rng, (4,))
     for fname in ("sigmoid", "tanh", "relu", "swish"):
@@ -301,8 +319,7 @@ def _backprop_checks(rng, key):
     ]
     for name, net, in_shape, loss in networks:
         key, k_init, k_drop = _split(key)
-        out_shape, params = net.init(k_init, in_shape)
-        params = jax.tree_util.tree_map(lambda p: p + 0.1 * _normal(rng, p.shape), params)
+        out_shape, params = _init(rng, net, in_shape)
         x = _normal(rng, (5,) + in_shape)
         if loss is losses.QUADRATIC:
             y = jnp.asarray(rng.uniform(size=(5,) + out_shape))
