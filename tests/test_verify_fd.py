@@ -1,4 +1,4 @@
-"""Finite differences that respect f's domain and scale (jaxnet.verify.finite_differences)."""
+"""Finite differences that respect f's domain and scale (jaxnet.verify.finite_diff)."""
 
 import jax
 import jax.numpy as jnp

@@ -15,7 +15,7 @@ activation of jaxnet and both forms of back-propagation, streaming a table, and 
 status 1 if any check fails; `jaxnet-verify module:f --gradient module:grad_f --shape 3` checks
 a formula of yours (jaxnet.verify.cli).
 
-Modules: flat (pytrees as vectors, jit_once), finite_differences (domain-aware steps, Ridders),
+Modules: flat (pytrees as vectors, jit_once), finite_diff (domain-aware steps, Ridders),
 structure (layouts), compare (element-by-element verdict, kinks), checks (the API), suite (the
 built-in checks), table and cli (the command), user (the user's targets and checks files).
 """
@@ -30,7 +30,7 @@ from jaxnet.verify.checks import (
 )
 from jaxnet.verify.cli import main
 from jaxnet.verify.compare import relative_error
-from jaxnet.verify.finite_differences import finite_difference_jacobian, finite_differences
+from jaxnet.verify.finite_diff import finite_difference_jacobian, finite_differences
 from jaxnet.verify.flat import jit_once
 from jaxnet.verify.structure import jacobian_matrix
 from jaxnet.verify.suite import iter_checks, run_all

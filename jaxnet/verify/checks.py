@@ -9,7 +9,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from jaxnet.verify import finite_differences as fdiff
+from jaxnet.verify import finite_diff as fdiff
 from jaxnet.verify.compare import compare
 from jaxnet.verify.flat import flat, jit_once, require_x64, shape_str
 from jaxnet.verify.structure import as_matrix, element_name, structure_mismatch
@@ -48,9 +48,12 @@ class CheckResult:
         return {k: clean(v) for k, v in dataclasses.asdict(self).items()}
 
 
-def _programs(f_flat, n, finite_differences):
-    """One compiled program: jacrev, jacfwd and (first call) the finite-difference probes."""
-    autodiff = lambda v: (jax.jacrev(f_flat)(v), jax.jacfwd(f_flat)(v))
+def _programs(f_flat, n, finite_differences, scalar):
+    """One compiled program: jacrev, jacfwd and (first call) the finite-difference probes.
+
+    Not jacfwd for a scalar f: n forward passes, for a gradient jacrev gets in one.
+    """
+    autodiff = lambda v: (jax.jacrev(f_flat)(v), () if scalar else jax.jacfwd(f_flat)(v))
     if not finite_differences:
         return jit_once(autodiff), None
     probes = fdiff.probe_program(f_flat, n)
@@ -65,12 +68,11 @@ def _programs(f_flat, n, finite_differences):
     return (lambda v: seen["autodiff"]), program
 
 
-def _derivatives(f, x, finite_differences, fd_options):
+def _derivatives(f, x, finite_differences, fd_options, scalar):
     f_flat, x_flat = flat(f, x)
-    autodiff, program = _programs(f_flat, x_flat.size, finite_differences)
+    autodiff, program = _programs(f_flat, x_flat.size, finite_differences, scalar)
     fd = fdiff.estimate(f_flat, x_flat, program, **fd_options) if finite_differences else None
-    rev, fwd = autodiff(x_flat)
-    return [np.asarray(rev, np.float64), np.asarray(fwd, np.float64)], fd
+    return [np.asarray(a, np.float64) for a in autodiff(x_flat) if np.size(a)], fd
 
 
 def _check(f, given, x, name, tolerance, layout, at_kink, finite_differences, fd_options, what):
@@ -81,7 +83,8 @@ def _check(f, given, x, name, tolerance, layout, at_kink, finite_differences, fd
         inf = float("inf")
         return CheckResult(name, shapes, inf, inf, tolerance, False, message=mismatch)
     matrix = as_matrix(given, out, x, layout)
-    autodiff, fd = _derivatives(f, x, finite_differences, fd_options)
+    scalar = [np.shape(o) for o in jax.tree_util.tree_leaves(out)] == [()]
+    autodiff, fd = _derivatives(f, x, finite_differences, fd_options, scalar)
     verdict = compare(matrix, autodiff, fd, tolerance, at_kink)
     where = lambda r, c: element_name(out, x, r, c)
     kinks = [
@@ -146,7 +149,7 @@ def check_jacobian(
     layout="jacrev": jax.jacrev's pytree, out_shape + in_shape per leaf; layout="matrix": one
     (out size, in size) array. A structure or shape mismatch fails with a message naming the
     leaf. at_kink: which one-sided derivative a kink may take ("either", "left", "right",
-    "fail"). step, levels, floor: the finite differences' (jaxnet.verify.finite_differences).
+    "fail"). step, levels, floor: the finite differences' (jaxnet.verify.finite_diff).
     """
     require_x64()
     given = jacobian(x) if callable(jacobian) else jacobian

@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from jaxnet.verify.finite_differences import find_kinks
+from jaxnet.verify.finite_diff import find_kinks
 
 AT_KINK = ("either", "left", "right", "fail")
 _FLOOR = 1e-4  # times tolerance times the largest entry

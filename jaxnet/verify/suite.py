@@ -5,6 +5,9 @@ Each layer gets cases in `_layer_checks`; `iter_checks(seed)` yields the results
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,7 +51,7 @@ def _batch(rng, batch: int, shape):
     return tuple(_batch(rng, batch, s) for s in shape)
 
 
-def _layer_checks(rng, key):
+def _layer_checks(seed, key):
     """Every layer's hand-written Jacobians, w.r.t. its input and its parameters.
 
     For one sample n of a batch; inputs and outputs may be tuples of batches (the combinators),
@@ -114,9 +117,16 @@ def _layer_checks(rng, key):
             (4,),
         ),
     ]
-    for name, layer, in_shape in cases:
+    for i, (name, layer, in_shape) in enumerate(cases):
         key, k_init, k_drop = _split(key)
-        yield from _one_layer_checks(rng, name, layer, in_shape, k_init, k_drop)
+        rng = np.random.default_rng([seed, 0, i])
+        yield functools.partial(
+            _listed, _one_layer_checks, rng, name, layer, in_shape, k_init, k_drop
+        )
+
+
+def _listed(checks, *args):
+    return list(checks(*args))
 
 
 def _one_layer_checks(rng, name, layer, in_shape, k_init, k_drop):
@@ -254,9 +264,9 @@ def _loss_checks(rng):
     )
 
 
-def _backprop_checks(rng, key):
-    from jaxnet import backprop, losses
+def _backprop_checks(seed, key):
     from jaxnet import layers as L
+    from jaxnet import losses
 
     networks = [
         (
@@ -317,36 +327,60 @@ def _backprop_checks(rng, key):
             losses.CROSS_ENTROPY_FROM_LOGITS,
         ),
     ]
-    for name, net, in_shape, loss in networks:
+    for i, (name, net, in_shape, loss) in enumerate(networks):
         key, k_init, k_drop = _split(key)
-        out_shape, params = _init(rng, net, in_shape)
-        x = _normal(rng, (5,) + in_shape)
-        if loss is losses.QUADRATIC:
-            y = jnp.asarray(rng.uniform(size=(5,) + out_shape))
-        else:
-            y = jnp.asarray(rng.integers(0, out_shape[0], (5,)))
-        drop_key = k_drop if "dropout" in name else None
-
-        def risk(p, net=net, x=x, y=y, loss=loss, drop_key=drop_key):
-            return losses.risk(loss, net.apply(p, x, key=drop_key), y)
-
-        for form, fn in (
-            ("Algorithm 1, per sample", backprop.backprop),
-            ("batched vjp", backprop.backprop_batched),
-        ):
-            grads = jit_once(fn, static_argnums=(0, 4))(net, params, x, y, loss, key=drop_key)
-            yield (check_gradient(risk, grads, params, name=f"backprop ({form}): {name}"))
+        rng = np.random.default_rng([seed, 3, i])
+        yield functools.partial(_listed, _backprop_case, rng, k_drop, name, net, in_shape, loss)
 
 
-def iter_checks(seed: int = 0):
-    """Every check of jaxnet's hand-written derivatives, yielded as each finishes."""
-    require_x64()
+def _backprop_case(rng, k_drop, name, net, in_shape, loss):
+    """Both forms of back-propagation through one network against the risk's gradient."""
+    from jaxnet import backprop, losses
+
+    out_shape, params = _init(rng, net, in_shape)
+    x = _normal(rng, (5,) + in_shape)
+    if loss is losses.QUADRATIC:
+        y = jnp.asarray(rng.uniform(size=(5,) + out_shape))
+    else:
+        y = jnp.asarray(rng.integers(0, out_shape[0], (5,)))
+    drop_key = k_drop if "dropout" in name else None
+
+    def risk(p):
+        return losses.risk(loss, net.apply(p, x, key=drop_key), y)
+
+    for form, fn in (
+        ("Algorithm 1, per sample", backprop.backprop),
+        ("batched vjp", backprop.backprop_batched),
+    ):
+        grads = jit_once(fn, static_argnums=(0, 4))(net, params, x, y, loss, key=drop_key)
+        yield (check_gradient(risk, grads, params, name=f"backprop ({form}): {name}"))
+
+
+def _tasks(seed):
+    """The checks as tasks, each with its own random numbers: they may run in any order."""
     # Inputs come from numpy: drawing them with jax.random would compile a kernel per shape.
-    rng, key = np.random.default_rng(seed), jax.random.PRNGKey(seed)
-    yield from _layer_checks(rng, key)
-    yield from _notes_layer_checks(rng, key)
-    yield from _loss_checks(rng)
-    yield from _backprop_checks(rng, key)
+    key = jax.random.PRNGKey(seed)
+    yield from _layer_checks(seed, key)
+    rng = np.random.default_rng([seed, 1])
+    yield functools.partial(_listed, _notes_layer_checks, rng, key)
+    yield functools.partial(_listed, _loss_checks, np.random.default_rng([seed, 2]))
+    yield from _backprop_checks(seed, key)
+
+
+def iter_checks(seed: int = 0, workers: int = 2):
+    """Every check of jaxnet's hand-written derivatives, yielded in order as each finishes.
+
+    On `workers` threads: most of a check's time is XLA compiling, which leaves Python free.
+    """
+    require_x64()
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(task) for task in _tasks(seed)]
+        try:
+            for future in futures:
+                yield from future.result()
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def run_all(seed: int = 0) -> list[CheckResult]:
