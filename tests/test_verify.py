@@ -175,9 +175,7 @@ def test_the_suite_checks_every_layer_the_package_exports(suite_results):
     from jaxnet import layers as L
 
     names = " | ".join(r.name for r in suite_results)
-    exported = [
-        n for n in L.__all__ if n[0].isupper() and n not in ("Layer", "Stateful")
-    ]
+    exported = [n for n in L.__all__ if n[0].isupper() and n not in ("Layer", "Stateful")]
     missing = [n for n in exported if n not in names]
     assert not missing, f"layers without a case in jaxnet.verify.suite._layer_checks: {missing}"
 

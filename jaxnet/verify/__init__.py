@@ -1,4 +1,4 @@
-"""Check hand-written derivatives against jax.jacrev, jax.jacfwd and finite differences.
+"""Check hand-written derivatives against jax.jacrev (jax.jacfwd on request) and finite differences.
 
 As a library: `check_jacobian(f, jacobian, x)` and `check_gradient(f, gradient, x)` compare a
 formula of your own with JAX's autodiff and with finite differences, in float64, structure

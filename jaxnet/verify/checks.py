@@ -48,12 +48,9 @@ class CheckResult:
         return {k: clean(v) for k, v in dataclasses.asdict(self).items()}
 
 
-def _programs(f_flat, n, finite_differences, scalar):
-    """One compiled program: jacrev, jacfwd and (first call) the finite-difference probes.
-
-    Not jacfwd for a scalar f: n forward passes, for a gradient jacrev gets in one.
-    """
-    autodiff = lambda v: (jax.jacrev(f_flat)(v), () if scalar else jax.jacfwd(f_flat)(v))
+def _programs(f_flat, n, finite_differences, forward):
+    """One compiled program: jacrev, jacfwd if `forward`, and the finite-difference probes."""
+    autodiff = lambda v: (jax.jacrev(f_flat)(v), jax.jacfwd(f_flat)(v) if forward else ())
     if not finite_differences:
         return jit_once(autodiff), None
     probes = fdiff.probe_program(f_flat, n)
@@ -68,9 +65,9 @@ def _programs(f_flat, n, finite_differences, scalar):
     return (lambda v: seen["autodiff"]), program
 
 
-def _derivatives(f, x, finite_differences, fd_options, scalar):
+def _derivatives(f, x, finite_differences, fd_options, forward):
     f_flat, x_flat = flat(f, x)
-    autodiff, program = _programs(f_flat, x_flat.size, finite_differences, scalar)
+    autodiff, program = _programs(f_flat, x_flat.size, finite_differences, forward)
     fd = fdiff.estimate(f_flat, x_flat, program, **fd_options) if finite_differences else None
     return [np.asarray(a, np.float64) for a in autodiff(x_flat) if np.size(a)], fd
 
@@ -83,8 +80,8 @@ def _check(f, given, x, name, tolerance, layout, at_kink, finite_differences, fd
         inf = float("inf")
         return CheckResult(name, shapes, inf, inf, tolerance, False, message=mismatch)
     matrix = as_matrix(given, out, x, layout)
-    scalar = [np.shape(o) for o in jax.tree_util.tree_leaves(out)] == [()]
-    autodiff, fd = _derivatives(f, x, finite_differences, fd_options, scalar)
+    forward = fd_options.pop("jacfwd")
+    autodiff, fd = _derivatives(f, x, finite_differences, fd_options, forward)
     verdict = compare(matrix, autodiff, fd, tolerance, at_kink)
     where = lambda r, c: element_name(out, x, r, c)
     kinks = [
@@ -142,9 +139,10 @@ def check_jacobian(
     step: float = fdiff.STEP,
     levels: int = fdiff.LEVELS,
     floor: float = fdiff.FLOOR,
+    jacfwd: bool = False,
 ) -> CheckResult:
-    """Compare `jacobian` (an array/pytree, or a function of x) with jacrev, jacfwd and
-    finite differences of f at x.
+    """Compare `jacobian` (an array/pytree, or a function of x) with jax.jacrev (and
+    jax.jacfwd too if `jacfwd`) and finite differences of f at x.
 
     layout="jacrev": jax.jacrev's pytree, out_shape + in_shape per leaf; layout="matrix": one
     (out size, in size) array. A structure or shape mismatch fails with a message naming the
@@ -153,7 +151,7 @@ def check_jacobian(
     """
     require_x64()
     given = jacobian(x) if callable(jacobian) else jacobian
-    fd_options = {"step": step, "levels": levels, "floor": floor}
+    fd_options = {"step": step, "levels": levels, "floor": floor, "jacfwd": jacfwd}
     return _check(
         f, given, x, name, tolerance, layout, at_kink, finite_differences, fd_options, "Jacobian"
     )
@@ -172,6 +170,7 @@ def check_gradient(
     step: float = fdiff.STEP,
     levels: int = fdiff.LEVELS,
     floor: float = fdiff.FLOOR,
+    jacfwd: bool = False,
 ) -> CheckResult:
     """Compare `gradient` of the scalar f (a pytree like x, or a function of x) with jax's and
     finite differences; options as check_jacobian's (layout="matrix": one flat vector)."""
@@ -184,7 +183,7 @@ def check_gradient(
             f"check_gradient needs a scalar function; f returns shape {shape}: use check_jacobian"
         )
     given = gradient(x) if callable(gradient) else gradient
-    fd_options = {"step": step, "levels": levels, "floor": floor}
+    fd_options = {"step": step, "levels": levels, "floor": floor, "jacfwd": jacfwd}
     return _check(
         f, given, x, name, tolerance, layout, at_kink, finite_differences, fd_options, "gradient"
     )

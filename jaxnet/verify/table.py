@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-HEADER = ("check", "shapes", "vs jax (rev+fwd)", "vs finite diff", "result")
+HEADER = ("check", "shapes", "vs jax autodiff", "vs finite diff", "result")
 # Streamed rows cannot be measured in advance: the built-in suite's widest names fit.
-STREAM_WIDTHS = (72, 40, 16, 14, 6)
+STREAM_WIDTHS = (72, 40, 15, 14, 6)
 
 
 def _cells(result):

@@ -24,7 +24,16 @@ import numpy as np
 from jaxnet.verify.checks import check_gradient, check_jacobian
 from jaxnet.verify.cli import UsageError
 
-_OPTIONS = {"tolerance", "at_kink", "layout", "finite_differences", "step", "levels", "floor"}
+_OPTIONS = {
+    "tolerance",
+    "at_kink",
+    "layout",
+    "finite_differences",
+    "step",
+    "levels",
+    "floor",
+    "jacfwd",
+}
 
 
 def load_module(where: str):
