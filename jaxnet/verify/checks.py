@@ -80,8 +80,8 @@ def _check(f, given, x, name, tolerance, layout, at_kink, finite_differences, fd
         inf = float("inf")
         return CheckResult(name, shapes, inf, inf, tolerance, False, message=mismatch)
     matrix = as_matrix(given, out, x, layout)
-    forward = fd_options.pop("jacfwd")
-    autodiff, fd = _derivatives(f, x, finite_differences, fd_options, forward)
+    options = {k: v for k, v in fd_options.items() if k != "jacfwd"}
+    autodiff, fd = _derivatives(f, x, finite_differences, options, fd_options["jacfwd"])
     verdict = compare(matrix, autodiff, fd, tolerance, at_kink)
     where = lambda r, c: element_name(out, x, r, c)
     kinks = [
