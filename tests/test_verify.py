@@ -171,10 +171,33 @@ def test_the_suite_covers_every_layer_loss_and_backprop_form_and_passes(suite_re
     assert max(r.error_vs_autodiff for r in suite_results) < 1e-12
 
 
+def test_the_suite_checks_every_layer_the_package_exports(suite_results):
+    from jaxnet import layers as L
+
+    names = " | ".join(r.name for r in suite_results)
+    exported = [n for n in L.__all__ if n[0].isupper() and n not in ("Layer", "Stateful")]
+    missing = [n for n in exported if n not in names]
+    assert not missing, f"layers without a case in jaxnet.verify.suite._layer_checks: {missing}"
+
+
+def test_the_suite_streams_its_rows(suite_results, monkeypatch, capsys):
+    printed = []
+
+    def checks(seed):
+        for r in suite_results[:3]:
+            yield r
+            printed.append(capsys.readouterr().out)  # what was out before the next check ran
+
+    monkeypatch.setattr(verify.suite, "iter_checks", checks)
+    assert verify.main([]) == 0
+    assert "vs finite diff" in printed[0] and suite_results[0].name in printed[0]
+    assert suite_results[1].name in printed[1] and suite_results[2].name not in printed[1]
+
+
 def test_the_command_prints_a_table_and_json_and_exits_1_on_failure(
     suite_results, monkeypatch, capsys
 ):
-    monkeypatch.setattr(verify, "run_all", lambda seed: suite_results)
+    monkeypatch.setattr(verify.suite, "iter_checks", lambda seed: iter(suite_results))
     assert verify.main([]) == 0
     table = capsys.readouterr().out
     assert "vs finite diff" in table and f"{len(suite_results)} passed, 0 failed" in table
@@ -182,7 +205,7 @@ def test_the_command_prints_a_table_and_json_and_exits_1_on_failure(
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] and len(report["checks"]) == len(suite_results)
     broken = verify.CheckResult("broken formula", "3 -> 3", 0.5, 0.5, 1e-7)
-    monkeypatch.setattr(verify, "run_all", lambda seed: suite_results + [broken])
+    monkeypatch.setattr(verify.suite, "iter_checks", lambda seed: iter(suite_results + [broken]))
     assert verify.main([]) == 1
     assert "FAIL" in capsys.readouterr().out
     assert verify.main(["--json"]) == 1
