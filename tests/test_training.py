@@ -95,7 +95,7 @@ def _state_after(strategy, config, dataset, steps):
 def test_both_data_parallel_styles_equal_one_device_after_50_steps(optimizer):
     assert jax.device_count() == 8
     dataset = toy_dataset(n_train=50 * 64)
-    config = small_config(**{"optimizer.name": optimizer, "steps_per_chunk": 10, "epochs": 1})
+    config = small_config(**{"optimizer.name": optimizer, "steps_per_chunk": 5, "epochs": 1})
     single = _state_after("single", config, dataset, 50).params
     for strategy in ("pmap", "sharding"):
         parallel = _state_after(strategy, config, dataset, 50).params
