@@ -293,9 +293,14 @@ def test_backprop_both_forms_through_a_recurrent_network(key):
 
 
 def test_elman_network_learns_the_sign_of_a_noisy_sum(key):
-    """serial(Elman, Dense) trained by BPTT (backprop_batched) and plain SGD: the loss drops."""
+    """serial(Elman, Dense) trained by BPTT (backprop_batched) and SGD: the loss drops.
+
+    The gradient's norm is clipped at 1, as RNNs are usually trained: with 4 units, 150 plain
+    steps left 3 of 40 random initialisations short of the bar, some with exploding steps;
+    8 units, clipping and 300 steps reached it for 120 of 120.
+    """
     rng = _rng(key)
-    net = L.serial(L.Elman(4), L.Dense(2))
+    net = L.serial(L.Elman(8), L.Dense(2))
     _, params = jax.jit(net.init, static_argnums=1)(key, (6, 1))
     x = rng.standard_normal((128, 6, 1))
     x, y = jnp.asarray(x), jnp.asarray((x.sum(axis=(1, 2)) > 0).astype(np.int32))
@@ -305,9 +310,11 @@ def test_elman_network_learns_the_sign_of_a_noisy_sum(key):
     def train(params):
         def step(p, _):
             grads = backprop.backprop_batched(net, p, x, y, loss)
-            return jax.tree_util.tree_map(lambda w, d: w - 0.5 * d, p, grads), None
+            norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads)))
+            rate = 0.5 * jnp.minimum(1.0, 1.0 / norm)
+            return jax.tree_util.tree_map(lambda w, d: w - rate * d, p, grads), None
 
-        return jax.lax.scan(step, params, None, length=150)[0]
+        return jax.lax.scan(step, params, None, length=300)[0]
 
     risk_and_accuracy = jax.jit(
         lambda p: (
